@@ -1,0 +1,42 @@
+# A small real-image set for CPU runs: scikit-learn's 1,797 handwritten digits (8x8, upsampled to 32x32 PNGs by
+# tools/prepare_digits.py), 1,500 for training and 297 held out, in mmpretrain's CustomDataset folder layout.
+# Training ignores the digit labels (each image is its own class); the weighted kNN uses them.
+dataset_type = 'CustomDataset'
+data_root = 'data/digits/'
+
+view_pipeline = [
+    dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.3, 1.0), backend='pillow'),
+    dict(
+        type='RandomApply',
+        transforms=[dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0., hue=0.)],
+        prob=0.8),
+]
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiView', num_views=1, transforms=[view_pipeline]),
+    dict(type='PackInputs'),
+]
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
+
+train_dataloader = dict(
+    batch_size=128,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train', pipeline=train_pipeline))
+
+# Validation = weighted kNN (NPID Sec. 3.4) of backbone features: the labelled training images vote for the
+# held-out ones.
+val_dataloader = dict(
+    batch_size=256,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(
+        type='KNNSplits',
+        train=dict(type=dataset_type, data_root=data_root, data_prefix='train', pipeline=test_pipeline),
+        test=dict(type=dataset_type, data_root=data_root, data_prefix='test', pipeline=test_pipeline)))
+val_evaluator = dict(type='WeightedKNN', k=200, tau=0.07)
+val_cfg = dict()

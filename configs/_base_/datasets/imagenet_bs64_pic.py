@@ -1,0 +1,29 @@
+# ImageNet-1k, one augmented view per image per step (PIC's one branch). Augmentation of SimCLR strength
+# (PIC Sec. 3.1 follows [SimCLR, MoCo v2]; the release uses these values): random resized crop 224 (scale
+# 0.08-1), colour jitter 0.8/0.8/0.8/0.2 applied with p 0.8, grayscale p 0.2, Gaussian blur p 0.5, flip p 0.5.
+dataset_type = 'ImageNet'
+data_root = 'data/imagenet/'
+
+view_pipeline = [
+    dict(type='RandomResizedCrop', scale=224, crop_ratio_range=(0.08, 1.0), backend='pillow'),
+    dict(type='RandomFlip', prob=0.5),
+    dict(
+        type='RandomApply',
+        transforms=[dict(type='ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)],
+        prob=0.8),
+    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.2989)),
+    dict(type='GaussianBlur', magnitude_range=(0.1, 2.0), magnitude_std='inf', prob=0.5),
+]
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiView', num_views=1, transforms=[view_pipeline]),
+    dict(type='PackInputs'),  # keeps 'sample_idx' (the instance label) in the metainfo
+]
+train_dataloader = dict(
+    batch_size=64,  # per GPU; 8 GPUs x 64 = 512 (PIC Sec. 3.1)
+    num_workers=8,
+    persistent_workers=True,
+    pin_memory=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
+    dataset=dict(type=dataset_type, data_root=data_root, split='train', pipeline=train_pipeline))

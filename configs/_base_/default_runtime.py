@@ -1,0 +1,30 @@
+# Runtime shared by every pic_plugin config. It is written here rather than inherited from
+# 'mmpretrain::_base_/default_runtime.py': a cross-package base adds `_scope_` to every dict with a `type`,
+# which mmengine then passes on to `default_collate` (ENVIRONMENT.md, pitfall 2).
+default_scope = 'mmpretrain'
+# Registers InstanceClsHead, SlidingWindowSampler, LazyCorrectedSGD, MemoryBankNCE, WeightedKNN, ...
+custom_imports = dict(imports=['pic_plugin'], allow_failed_imports=False)
+
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3),
+    # calls set_epoch() on the sampler, which SlidingWindowSampler needs to continue its stream
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='VisualizationHook', enable=False),
+)
+# Stops at once, with a clear message, when the head's row count differs from the training set size.
+custom_hooks = [dict(type='InstanceCountCheckHook')]
+
+env_cfg = dict(
+    cudnn_benchmark=False,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'),
+)
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, diff_rank_seed=False, deterministic=False)

@@ -1,0 +1,4 @@
+from .knn_splits import KNNSplits
+from .samplers import SlidingWindowSampler
+
+__all__ = ['KNNSplits', 'SlidingWindowSampler']

@@ -1,0 +1,3 @@
+from .sliding_window_sampler import SlidingWindowSampler
+
+__all__ = ['SlidingWindowSampler']

@@ -1,0 +1,3 @@
+from .instance_count_check_hook import InstanceCountCheckHook
+
+__all__ = ['InstanceCountCheckHook']

@@ -1,0 +1,3 @@
+from .lazy_corrected_sgd import LazyCorrectedSGD, TransitionProducts
+
+__all__ = ['LazyCorrectedSGD', 'TransitionProducts']

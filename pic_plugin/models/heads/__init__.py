@@ -1,0 +1,3 @@
+from .instance_cls_head import InstanceClsHead
+
+__all__ = ['InstanceClsHead']

@@ -1,0 +1,3 @@
+from .instance_classification import InstanceClassification
+
+__all__ = ['InstanceClassification']

@@ -1,0 +1,3 @@
+from .row_table import RowBatch, RowTable
+
+__all__ = ['RowBatch', 'RowTable']

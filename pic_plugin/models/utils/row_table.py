@@ -1,0 +1,210 @@
+"""The table of one row per training instance, shared by every head of this package.
+
+PIC's classifier (PIC Eq. 1), the full classifier's sharded weight matrix and NPID's memory bank (NPID Eq. 2)
+all keep one ``D``-dim row per training image. They differ in how a row is updated (an SGD step, a momentum
+average, an overwrite), not in how rows are stored, placed, sharded, gathered, written back and saved. This
+module owns the latter; each head and :class:`~pic_plugin.engine.optimizers.LazyCorrectedSGD` own only their
+update rule.
+
+The rows are plain tensors, not parameters or buffers: ``model.to(device)`` does not copy a 1.28M-row table
+around, DistributedDataParallel neither broadcasts nor all-reduces it, and a table placed in host memory stays
+there. Only the rows a step needs travel to the compute device. They are saved through the module's
+``state_dict`` like any other weight, so mmengine's checkpoints hold them.
+"""
+from typing import Dict, List, NamedTuple, Optional, Protocol, Tuple
+
+import torch
+from mmengine.dist import get_dist_info
+from torch import Tensor, nn
+
+PLACEMENTS = ('device', 'host')
+
+
+class RowBatch(NamedTuple):
+    """The rows of one training step, gathered for an optimiser update.
+
+    Attributes:
+        local_indices (Tensor): ``(R,)`` row positions inside this rank's shard.
+        weight (Tensor): ``(R, D)`` leaf tensor on the compute device that requires grad; after ``backward``
+            its ``.grad`` is the loss gradient of these rows.
+        momentum (Tensor): ``(R, D)`` SGD momentum of these rows, brought to the current step.
+    """
+
+    local_indices: Tensor
+    weight: Tensor
+    momentum: Tensor
+
+
+class RowUpdater(Protocol):
+    """What a table needs from the optimiser that updates its rows (see ``LazyCorrectedSGD``)."""
+
+    def bring_forward(self, weight: Tensor, momentum: Tensor, last_step: Tensor) -> Tuple[Tensor, Tensor]:
+        """Return the rows as they would be at the current step had every skipped step touched them."""
+
+
+class RowTable(nn.Module):
+    """``num_rows x dim`` rows, optionally with per-row SGD state, sharded over ranks.
+
+    Args:
+        num_rows (int): Rows in the whole table (over all ranks): the number of training instances.
+        dim (int): Length of one row.
+        init (str): ``'normal'`` draws every entry from N(0, ``init_std``^2), as the PIC release does (rows of
+            norm about ``0.01 * sqrt(dim)``: small rows turn fast under a cosine loss, see REFERENCE-NOTES);
+            ``'unit'`` draws random unit vectors, as NPID initialises its memory bank. Defaults to 'normal'.
+        init_std (float): Standard deviation of the ``'normal'`` init. Defaults to 0.01.
+        with_optim_state (bool): Keep each row's SGD momentum and the optimiser step of its last update, for
+            rows trained by ``LazyCorrectedSGD``. Defaults to True.
+        placement (str): ``'device'`` keeps the rows on the device the features come from; ``'host'`` keeps
+            them in host memory (pinned when CUDA is present) and moves only the rows of a step.
+            Defaults to 'device'.
+        sharded (bool): Split the rows evenly over the ranks (rank ``r`` owns a contiguous block; the first
+            ``num_rows % world_size`` ranks own one row more). Otherwise every rank holds all rows.
+            Defaults to False.
+        dtype (torch.dtype): Type of the rows and their momentum. Defaults to torch.float32.
+    """
+
+    def __init__(self,
+                 num_rows: int,
+                 dim: int,
+                 init: str = 'normal',
+                 init_std: float = 0.01,
+                 with_optim_state: bool = True,
+                 placement: str = 'device',
+                 sharded: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if num_rows <= 0 or dim <= 0:
+            raise ValueError(f'RowTable needs positive num_rows and dim, got num_rows={num_rows}, dim={dim}: '
+                             'set the head\'s num_classes to the size of the training set.')
+        if placement not in PLACEMENTS:
+            raise ValueError(f'placement={placement!r} is not one of {PLACEMENTS}.')
+        if init not in ('normal', 'unit'):
+            raise ValueError(f"init={init!r} is not 'normal' or 'unit'.")
+        rank, world_size = get_dist_info()
+        self.num_rows = num_rows
+        self.dim = dim
+        self.placement = placement
+        self.world_size = world_size if sharded else 1
+        shard_sizes = [num_rows // self.world_size + (r < num_rows % self.world_size)
+                       for r in range(self.world_size)]
+        shard_rank = rank if sharded else 0
+        self.row_offset = sum(shard_sizes[:shard_rank])
+        self.num_local_rows = shard_sizes[shard_rank]
+        self.updater: Optional[RowUpdater] = None
+        self.pending: Optional[RowBatch] = None
+
+        pin = placement == 'host' and torch.cuda.is_available()
+        self.weight = self._allocate((self.num_local_rows, dim), dtype, pin)
+        if init == 'normal':
+            self.weight.normal_(0, init_std)
+        else:
+            self.weight.copy_(nn.functional.normalize(torch.randn_like(self.weight), dim=1))
+        self.momentum: Optional[Tensor] = None
+        self.last_step: Optional[Tensor] = None
+        if with_optim_state:
+            self.momentum = self._allocate((self.num_local_rows, dim), dtype, pin).zero_()
+            self.last_step = self._allocate((self.num_local_rows, ), torch.int64, pin).zero_()
+
+    @staticmethod
+    def _allocate(shape: Tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=pin)
+
+    def extra_repr(self) -> str:
+        return (f'num_rows={self.num_rows}, dim={self.dim}, placement={self.placement!r}, '
+                f'local_rows=[{self.row_offset}, {self.row_offset + self.num_local_rows})')
+
+    # ---- storage: placement, indexing, gather and write-back -------------------------------------------
+    def _storage(self) -> Dict[str, Tensor]:
+        return {name: getattr(self, name) for name in ('weight', 'momentum', 'last_step')
+                if getattr(self, name) is not None}
+
+    def place_on(self, device: torch.device) -> None:
+        """With ``placement='device'``, move the rows to ``device`` (the features' device) once."""
+        if self.placement == 'device' and self.weight.device != device:
+            for name, tensor in self._storage().items():
+                setattr(self, name, tensor.to(device))
+
+    def to_local(self, global_indices: Tensor) -> Tensor:
+        """Map global row indices (dataset ``sample_idx``) to positions inside this rank's shard.
+
+        Raises:
+            ValueError: If an index lies outside ``[0, num_rows)`` or outside this rank's shard.
+        """
+        global_indices = global_indices.long()
+        if global_indices.numel() == 0:
+            return global_indices
+        low, high = int(global_indices.min()), int(global_indices.max())
+        if low < 0 or high >= self.num_rows:
+            bad = low if low < 0 else high
+            raise ValueError(f'sample_idx {bad} is out of range for a table of {self.num_rows} rows: the head\'s '
+                             'num_classes must equal the number of training images, and every index must come '
+                             'from the training set.')
+        local = global_indices - self.row_offset
+        if int(local.min()) < 0 or int(local.max()) >= self.num_local_rows:
+            raise ValueError(f'row indices [{low}, {high}] are not all in this rank\'s shard '
+                             f'[{self.row_offset}, {self.row_offset + self.num_local_rows}).')
+        return local
+
+    def gather(self, local_indices: Tensor, device: torch.device, name: str = 'weight') -> Tensor:
+        """Copy the rows ``local_indices`` of ``name`` to ``device``: ``(R,) -> (R, D)``."""
+        storage = getattr(self, name)
+        return storage[local_indices.to(storage.device)].to(device, non_blocking=True)
+
+    def write(self, local_indices: Tensor, **rows: Tensor) -> None:
+        """Write rows back, e.g. ``write(idx, weight=w, momentum=u, last_step=s)``."""
+        for name, values in rows.items():
+            storage = getattr(self, name)
+            storage[local_indices.to(storage.device)] = values.to(storage.device, storage.dtype)
+
+    # ---- rows trained by an optimiser ------------------------------------------------------------------
+    def rows_for_update(self, local_indices: Tensor, device: torch.device) -> Tensor:
+        """Gather rows, bring them to the current step, and keep them for the optimiser's next ``step()``.
+
+        Returns:
+            Tensor: ``(R, D)`` weights that require grad; the loss must be built from them.
+
+        Raises:
+            RuntimeError: If no optimiser updates this table (the config's ``optim_wrapper`` is not
+                ``LazyCorrectedSGD``), or the rows of the previous step were never updated.
+        """
+        if self.updater is None or self.momentum is None or self.last_step is None:
+            raise RuntimeError('The rows of this instance classifier are trained by LazyCorrectedSGD, but no such '
+                               "optimiser is attached: set optim_wrapper=dict(type='LazyCorrectedSGD', "
+                               "optimizer=dict(type='SGD', ...)) in the config.")
+        if self.pending is not None:
+            raise RuntimeError('The rows gathered in the previous training step were never updated: call the '
+                               'optimiser step (optim_wrapper.update_params) after each loss.')
+        weight, momentum = self.updater.bring_forward(self.gather(local_indices, device),
+                                                      self.gather(local_indices, device, 'momentum'),
+                                                      self.gather(local_indices, device, 'last_step'))
+        weight.requires_grad_(True)
+        self.pending = RowBatch(local_indices, weight, momentum)
+        return weight
+
+    def pop_pending(self) -> Optional[RowBatch]:
+        """Hand the rows of the current step to the optimiser (and forget them here)."""
+        pending, self.pending = self.pending, None
+        return pending
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def _save_to_state_dict(self, destination: Dict[str, Tensor], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, tensor in self._storage().items():
+            destination[prefix + name] = tensor.detach()
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        for name, tensor in self._storage().items():
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+                continue
+            saved = state_dict[key]
+            if saved.shape != tensor.shape:
+                error_msgs.append(
+                    f'{key}: the checkpoint holds {tuple(saved.shape)} rows but this table has '
+                    f'{tuple(tensor.shape)} (num_rows={self.num_rows}, world_size={self.world_size}): the data set '
+                    'size or the number of ranks changed since the checkpoint was saved.')
+                continue
+            tensor.copy_(saved)

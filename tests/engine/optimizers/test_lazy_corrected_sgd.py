@@ -1,0 +1,372 @@
+"""LazyCorrectedSGD and TransitionProducts against dense torch.optim.SGD (PIC Eq. 2-3, Sec. 2.3)."""
+import copy
+import io
+import math
+import random
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import pytest
+import torch
+from mmengine.optim import CosineAnnealingLR, LinearLR, build_optim_wrapper
+from mmengine.registry import DefaultScope
+from torch import Tensor, nn
+
+from pic_plugin.engine.optimizers import lazy_corrected_sgd
+from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD, TransitionProducts
+from pic_plugin.models.utils.row_table import RowTable
+
+NUM_ROWS, DIM = 300, 8
+BASE_LR, MOMENTUM = 0.1, 0.9
+WARMUP_STEPS = 100
+CPU = torch.device('cpu')
+
+
+# ---- TransitionProducts --------------------------------------------------------------------------------
+def sequential_product(hyper_params: Sequence[Tuple[float, float, float]], start: int, end: int) -> Tensor:
+    """``A_{end-1} ... A_start`` multiplied one step at a time in Python floats (PIC Eq. 3 per step)."""
+    (p00, p01), (p10, p11) = (1.0, 0.0), (0.0, 1.0)
+    for lr, momentum, weight_decay in hyper_params[start:end]:
+        a00, a01, a10, a11 = 1 - lr * weight_decay, -lr * momentum, weight_decay, momentum
+        p00, p01, p10, p11 = (a00 * p00 + a01 * p10, a00 * p01 + a01 * p11,
+                              a10 * p00 + a11 * p10, a10 * p01 + a11 * p11)
+    return torch.tensor([[p00, p01], [p10, p11]], dtype=torch.float64)
+
+
+def test_products_match_sequential_products_while_steps_are_appended() -> None:
+    rng = random.Random(0)
+    products = TransitionProducts(initial_capacity=4)  # grows several times below
+    hyper_params = []
+    for _ in range(6):
+        for _ in range(rng.randint(1, 90)):
+            step = (rng.uniform(0, 1), rng.uniform(0, 0.99), rng.uniform(0, 0.1))
+            hyper_params.append(step)
+            products.append(*step)
+        for end in (products.num_steps, rng.randint(0, products.num_steps)):
+            starts = torch.tensor([rng.randint(0, end) for _ in range(40)] + [0, end, end])
+            expected = torch.stack([sequential_product(hyper_params, int(s), end) for s in starts])
+            torch.testing.assert_close(products.products(starts, end), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_products_stay_finite_and_exact_over_200k_steps() -> None:
+    num_steps = 200_000
+    products = TransitionProducts()
+    hyper_params = [(0.15 * (1 + math.cos(math.pi * j / num_steps)), MOMENTUM, 1e-4) for j in range(num_steps)]
+    for step in hyper_params:
+        products.append(*step)
+    starts = torch.tensor([0, 1, 123_457, num_steps - 1, num_steps])
+    result = products.products(starts, num_steps)  # (5, 2, 2)
+    assert torch.isfinite(result).all()
+    for start, product in zip(starts.tolist(), result):
+        expected = sequential_product(hyper_params, start, num_steps)
+        torch.testing.assert_close(product, expected, rtol=1e-9, atol=0)
+    assert result[0].abs().max() < 1e-6  # 200k steps of weight decay shrink an unvisited row to almost 0
+
+
+def test_products_state_dict_round_trip() -> None:
+    rng = random.Random(1)
+    original = TransitionProducts(initial_capacity=2)
+    for _ in range(37):
+        original.append(rng.random(), 0.9, rng.random() * 0.01)
+    restored = TransitionProducts()
+    restored.load_state_dict(copy.deepcopy(original.state_dict()))
+    for _ in range(50):  # both keep going; the restored one grows from its loaded size
+        step = (rng.random(), 0.9, rng.random() * 0.01)
+        original.append(*step)
+        restored.append(*step)
+    starts = torch.arange(original.num_steps + 1)
+    assert restored.num_steps == original.num_steps == 87
+    torch.testing.assert_close(restored.products(starts, 87), original.products(starts, 87), rtol=1e-14, atol=0)
+
+
+def test_products_reject_ranges_outside_the_recorded_steps() -> None:
+    products = TransitionProducts()
+    products.append(0.1, 0.9, 1e-4)
+    with pytest.raises(ValueError, match='end_step=2'):
+        products.products(torch.tensor([0]), 2)
+    with pytest.raises(ValueError, match='start steps'):
+        products.products(torch.tensor([0, 1]), 0)
+
+
+# ---- LazyCorrectedSGD: set-up shared by the tests ------------------------------------------------------
+class Problem(NamedTuple):
+    """The same training steps for the lazy run and its dense reference."""
+
+    rows: List[Tensor]  # per step: (R,) sampled row indices
+    row_grads: List[Tensor]  # per step: (R, D) loss gradient of those rows
+    model_inputs: List[Tensor]  # per step: (2, 4) inputs of the tiny model
+    initial_rows: Tensor  # (N, D)
+
+
+def make_problem(num_steps: int, seed: int) -> Problem:
+    """Rows visited with probability 0.3, 0.02 or 0.003 per step (gaps of hundreds of steps); 10 never."""
+    generator = torch.Generator().manual_seed(seed)
+    visit_probability = torch.tensor([0.3, 0.02, 0.003], dtype=torch.float64)[torch.arange(NUM_ROWS) % 3]
+    visit_probability[:10] = 0
+    rows = [torch.nonzero(torch.rand(NUM_ROWS, generator=generator, dtype=torch.float64) < visit_probability)
+            .flatten() for _ in range(num_steps)]
+    row_grads = [torch.randn(len(r), DIM, generator=generator, dtype=torch.float64) for r in rows]
+    model_inputs = [torch.randn(2, 4, generator=generator, dtype=torch.float64) for _ in range(num_steps)]
+    initial_rows = torch.randn(NUM_ROWS, DIM, generator=generator, dtype=torch.float64)
+    return Problem(rows, row_grads, model_inputs, initial_rows)
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Linear(4, 3).double()
+
+
+def sgd(**settings) -> dict:
+    """The config of PIC's SGD, with ``settings`` changed."""
+    return dict(dict(type='SGD', lr=BASE_LR, momentum=MOMENTUM, weight_decay=1e-4), **settings)
+
+
+def build_wrapper(model: nn.Module, optimizer: Optional[dict] = None, **config) -> LazyCorrectedSGD:
+    """Build the wrapper through mmengine's builder, as the runner does (``optimizer`` defaults to ``sgd()``)."""
+    config = dict(type='LazyCorrectedSGD', optimizer=optimizer or sgd(), **config)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return build_optim_wrapper(model, config)
+
+
+def make_table(initial_rows: Tensor, wrapper: LazyCorrectedSGD) -> RowTable:
+    table = RowTable(NUM_ROWS, DIM, dtype=torch.float64)
+    table.weight.copy_(initial_rows)
+    wrapper.attach(table)
+    return table
+
+
+def warmup_cosine(optimizer, num_steps: int) -> list:
+    """Per-iteration linear warm-up from lr / 100, then cosine decay: PIC's schedule."""
+    return [LinearLR(optimizer, start_factor=0.01, by_epoch=False, begin=0, end=WARMUP_STEPS),
+            CosineAnnealingLR(optimizer, T_max=num_steps - WARMUP_STEPS, by_epoch=False, begin=WARMUP_STEPS,
+                              end=num_steps)]
+
+
+def run_lazy(problem: Problem, steps: range, model: nn.Module, wrapper: LazyCorrectedSGD, table: RowTable,
+             schedulers: Sequence = ()) -> List[float]:
+    """Train with LazyCorrectedSGD; return the rows' lr of every step."""
+    row_lrs = []
+    for step in steps:
+        row_lrs.append(wrapper.rows_group['lr'])
+        assert wrapper.optimizer.param_groups[0]['lr'] == row_lrs[-1]  # the schedulers drive both groups
+        weight = table.rows_for_update(problem.rows[step], CPU)  # (R, D)
+        loss = (weight * problem.row_grads[step]).sum() + model(problem.model_inputs[step]).square().sum()
+        wrapper.update_params(loss)
+        for scheduler in schedulers:
+            scheduler.step()
+    return row_lrs
+
+
+def run_dense(problem: Problem, weight_decay: float) -> Tuple[Tensor, Tensor, nn.Module, List[float]]:
+    """torch.optim.SGD over the whole table (zero gradient for unsampled rows) and the same model."""
+    num_steps = len(problem.rows)
+    model = make_model()
+    table = problem.initial_rows.clone().requires_grad_(True)  # (N, D)
+    optimizer = torch.optim.SGD([table, *model.parameters()], lr=BASE_LR, momentum=MOMENTUM,
+                                weight_decay=weight_decay)
+    schedulers = warmup_cosine(optimizer, num_steps)
+    lrs = []
+    for step in range(num_steps):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        model(problem.model_inputs[step]).square().sum().backward()
+        table.grad = torch.zeros_like(table)
+        table.grad[problem.rows[step]] = problem.row_grads[step]
+        optimizer.step()
+        optimizer.zero_grad()
+        for scheduler in schedulers:
+            scheduler.step()
+    return table.detach(), optimizer.state[table]['momentum_buffer'], model, lrs
+
+
+def row_relative_error(rows: Tensor, reference: Tensor) -> Tensor:
+    """``(N, D), (N, D) -> (N,)`` distance of each row to its reference, relative to the reference's norm."""
+    return (rows - reference).norm(dim=1) / reference.norm(dim=1)
+
+
+def longest_gap(problem: Problem) -> int:
+    last_visit = torch.zeros(NUM_ROWS, dtype=torch.long)
+    gap = torch.zeros(NUM_ROWS, dtype=torch.long)
+    for step, rows in enumerate(problem.rows):
+        gap[rows] = torch.maximum(gap[rows], step - last_visit[rows])
+        last_visit[rows] = step
+    return int(gap.max())
+
+
+# ---- LazyCorrectedSGD: the acceptance test -------------------------------------------------------------
+@pytest.mark.parametrize('weight_decay', [1e-4, 0.05])
+def test_lazy_rows_equal_dense_sgd_under_warmup_and_cosine(weight_decay: float) -> None:
+    num_steps = 1000
+    problem = make_problem(num_steps, seed=0)
+    assert longest_gap(problem) >= 500
+    model = make_model()
+    wrapper = build_wrapper(model, optimizer=sgd(weight_decay=weight_decay), correction=True)
+    table = make_table(problem.initial_rows, wrapper)
+    row_lrs = run_lazy(problem, range(num_steps), model, wrapper, table, warmup_cosine(wrapper, num_steps))
+    dense_rows, dense_momentum, dense_model, dense_lrs = run_dense(problem, weight_decay)
+
+    assert row_lrs == dense_lrs
+    assert row_lrs[0] == pytest.approx(BASE_LR / 100)
+    assert max(row_lrs) == pytest.approx(BASE_LR) == row_lrs[WARMUP_STEPS]
+    assert row_lrs[-1] < BASE_LR / 1000
+    skipped = table.last_step < num_steps
+    assert skipped.sum() > NUM_ROWS // 2
+    stale_error = row_relative_error(table.weight, dense_rows)[skipped]
+    assert stale_error.max() > 1e-3 if weight_decay > 1e-3 else stale_error.max() > 1e-5
+
+    wrapper.bring_table_forward(table, chunk_size=64)
+    assert (table.last_step == num_steps).all()
+    assert row_relative_error(table.weight, dense_rows).max() < 1e-6
+    assert row_relative_error(table.momentum, dense_momentum).max() < 1e-6
+    for lazy_param, dense_param in zip(model.parameters(), dense_model.parameters()):
+        assert torch.equal(lazy_param, dense_param)  # the extra param group changes nothing for the model
+
+
+# ---- LazyCorrectedSGD: ablation, resume, row update rule -----------------------------------------------
+def test_without_correction_skipped_steps_apply_neither_decay_nor_momentum() -> None:
+    num_steps, weight_decay = 300, 0.05
+    problem = make_problem(num_steps, seed=1)
+    model = make_model()
+    wrapper = build_wrapper(model, optimizer=sgd(weight_decay=weight_decay), correction=False)
+    table = make_table(problem.initial_rows, wrapper)
+    row_lrs = run_lazy(problem, range(num_steps), model, wrapper, table, warmup_cosine(wrapper, num_steps))
+    wrapper.bring_table_forward(table)  # identity without correction
+
+    weight, momentum = problem.initial_rows.clone(), torch.zeros_like(problem.initial_rows)  # (N, D)
+    for step, lr in enumerate(row_lrs):  # PIC Eq. 2 on the sampled rows only
+        rows = problem.rows[step]
+        momentum[rows] = MOMENTUM * momentum[rows] + problem.row_grads[step] + weight_decay * weight[rows]
+        weight[rows] -= lr * momentum[rows]
+    torch.testing.assert_close(table.weight, weight, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(table.momentum, momentum, rtol=1e-12, atol=1e-15)
+    dense_rows = run_dense(problem, weight_decay)[0]
+    assert row_relative_error(table.weight, dense_rows).max() > 0.05
+
+
+def test_state_dict_round_trip_mid_run_continues_identically() -> None:
+    num_steps, resume_step = 300, 150
+    problem = make_problem(num_steps, seed=2)
+    model = make_model()
+    wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.05))
+    table = make_table(problem.initial_rows, wrapper)
+    schedulers = warmup_cosine(wrapper, num_steps)
+    run_lazy(problem, range(resume_step), model, wrapper, table, schedulers)
+
+    buffer = io.BytesIO()
+    torch.save({'optimizer': wrapper.state_dict(), 'table': table.state_dict(), 'model': model.state_dict()},
+               buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed_model = make_model(seed=1)
+    resumed_model.load_state_dict(checkpoint['model'])
+    resumed_wrapper = build_wrapper(resumed_model, optimizer=sgd(weight_decay=0.05))
+    resumed_table = make_table(torch.zeros(NUM_ROWS, DIM, dtype=torch.float64), resumed_wrapper)
+    resumed_schedulers = warmup_cosine(resumed_wrapper, num_steps)  # mmengine's runner: build, then resume
+    resumed_table.load_state_dict(checkpoint['table'])
+    resumed_wrapper.load_state_dict(checkpoint['optimizer'])
+    for resumed_scheduler, scheduler in zip(resumed_schedulers, schedulers):
+        resumed_scheduler.load_state_dict(scheduler.state_dict())
+
+    assert 'lazy_correction' in checkpoint['optimizer']  # load_state_dict left its argument alone
+    assert checkpoint['optimizer']['param_groups'][-1]['name'] == 'instance_rows'
+    assert resumed_wrapper.num_steps == resume_step
+    assert resumed_wrapper.rows_group['lr'] == wrapper.rows_group['lr']
+    lrs = run_lazy(problem, range(resume_step, num_steps), model, wrapper, table, schedulers)
+    resumed_lrs = run_lazy(problem, range(resume_step, num_steps), resumed_model, resumed_wrapper,
+                           resumed_table, resumed_schedulers)
+    assert resumed_lrs == lrs
+    wrapper.bring_table_forward(table)
+    resumed_wrapper.bring_table_forward(resumed_table)
+    torch.testing.assert_close(resumed_table.weight, table.weight, rtol=1e-12, atol=0)
+    torch.testing.assert_close(resumed_table.momentum, table.momentum, rtol=1e-12, atol=0)
+    for resumed_param, param in zip(resumed_model.parameters(), model.parameters()):
+        torch.testing.assert_close(resumed_param, param, rtol=0, atol=0)
+
+
+def test_bring_forward_follows_zero_gradient_sgd_and_keeps_the_rows_dtype() -> None:
+    model = make_model()
+    wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.01))
+    lrs = [0.01, 0.5, 0.2, 0.3, 0.05]
+    for lr in lrs:  # steps without any table still record their transition
+        wrapper.rows_group['lr'] = lr
+        wrapper.step()
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(6, DIM, generator=generator)  # (6, D) float32
+    momentum = torch.randn(6, DIM, generator=generator)
+    last_step = torch.tensor([0, 2, 5, 2, 4, 1])
+    new_weight, new_momentum = wrapper.bring_forward(weight, momentum, last_step)
+
+    assert new_weight.dtype == new_momentum.dtype == torch.float32
+    expected_weight, expected_momentum = weight.double(), momentum.double()
+    for row, start in enumerate(last_step.tolist()):
+        for lr in lrs[start:]:  # PIC Eq. 2 with g = 0
+            expected_momentum[row] = MOMENTUM * expected_momentum[row] + 0.01 * expected_weight[row]
+            expected_weight[row] = expected_weight[row] - lr * expected_momentum[row]
+    torch.testing.assert_close(new_weight, expected_weight.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(new_momentum, expected_momentum.float(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(new_weight[2], weight[2])  # written at the current step: unchanged
+
+
+@pytest.mark.parametrize('table_world_size, expected_grad_factor', [(1, 2.0), (2, 1.0)])
+def test_replicated_tables_average_row_gradients_over_ranks(monkeypatch, table_world_size: int,
+                                                            expected_grad_factor: float) -> None:
+    def all_reduce_with_a_rank_that_saw_three_times_the_gradient(tensor: Tensor, op: str) -> None:
+        assert op == 'mean'
+        tensor.mul_(2)  # mean of g and 3 g
+
+    monkeypatch.setattr(lazy_corrected_sgd, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(lazy_corrected_sgd, 'all_reduce', all_reduce_with_a_rank_that_saw_three_times_the_gradient)
+    model = make_model()
+    wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.0))
+    initial_rows = torch.randn(NUM_ROWS, DIM, dtype=torch.float64)
+    table = make_table(initial_rows, wrapper)
+    table.world_size = table_world_size  # a table sharded over 2 ranks gets its rows' own gradients
+    rows, grad = torch.tensor([3, 7]), torch.ones(2, DIM, dtype=torch.float64)
+    (table.rows_for_update(rows, CPU) * grad).sum().backward()
+    wrapper.step()
+    torch.testing.assert_close(table.weight[rows], initial_rows[rows] - BASE_LR * expected_grad_factor * grad)
+    assert torch.equal(table.last_step[rows], torch.ones(2, dtype=torch.long))
+
+
+def test_rows_gathered_but_unused_by_the_loss_still_take_their_step() -> None:
+    model = make_model()
+    wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.1))
+    initial_rows = torch.randn(NUM_ROWS, DIM, dtype=torch.float64)
+    table = make_table(initial_rows, wrapper)
+    rows = torch.tensor([0, 5])
+    table.rows_for_update(rows, CPU)  # no backward: the rows have no .grad
+    wrapper.step()
+    torch.testing.assert_close(table.weight[rows], initial_rows[rows] * (1 - BASE_LR * 0.1))
+    torch.testing.assert_close(table.momentum[rows], initial_rows[rows] * 0.1)
+
+
+# ---- errors --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('config, message', [
+    (dict(optimizer=dict(type='Adam', lr=0.1)), 'momentum'),
+    (dict(optimizer=sgd(nesterov=True)), 'nesterov'),
+    (dict(optimizer=sgd(dampening=0.1)), 'dampening'),
+    (dict(optimizer=sgd(maximize=True)), 'maximize'),
+    (dict(accumulative_counts=2), 'accumulative_counts'),
+])
+def test_unsupported_optimizer_settings_are_refused(config: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_wrapper(make_model(), **config)
+
+
+def test_table_without_an_attached_optimiser_names_lazy_corrected_sgd() -> None:
+    table = RowTable(NUM_ROWS, DIM)
+    with pytest.raises(RuntimeError, match='LazyCorrectedSGD'):
+        table.rows_for_update(torch.tensor([0, 1]), CPU)
+
+
+def test_table_ahead_of_a_fresh_optimiser_is_refused() -> None:
+    wrapper = build_wrapper(make_model())
+    table = make_table(torch.zeros(NUM_ROWS, DIM, dtype=torch.float64), wrapper)
+    table.last_step[4] = 7  # rows saved by a run that made 7 steps, optimiser state not restored
+    with pytest.raises(ValueError, match='resume'):
+        table.rows_for_update(torch.tensor([4]), CPU)
+
+
+def test_loading_an_optimiser_state_without_the_transitions_is_refused() -> None:
+    model = make_model()
+    plain_state = torch.optim.SGD(model.parameters(), lr=BASE_LR, momentum=MOMENTUM).state_dict()
+    with pytest.raises(ValueError, match='lazy_correction'):
+        build_wrapper(model).load_state_dict(plain_state)

@@ -1,0 +1,44 @@
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+from pic_plugin.engine.optimizers import LazyCorrectedSGD
+
+from conftest import TINY_CONFIG
+
+
+@pytest.fixture()
+def model():
+    import pic_plugin  # noqa: F401
+    cfg = Config.fromfile(TINY_CONFIG)
+    cfg.model.head.num_classes = 20
+    return MODELS.build(cfg.model)
+
+
+def samples(indices):
+    return [DataSample(metainfo=dict(sample_idx=i)) for i in indices]
+
+
+def test_loss_labels_each_image_by_its_sample_idx(model):
+    LazyCorrectedSGD(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)).attach(model)
+    images = [torch.randn(4, 3, 32, 32)]
+    losses = model(images, samples([0, 5, 19, 3]), mode='loss')
+    assert set(losses) == {'loss'}
+    assert torch.isfinite(losses['loss'])
+    # a random network on 20 classes starts near log(20)
+    assert losses['loss'].item() == pytest.approx(torch.log(torch.tensor(20.)).item(), abs=0.5)
+    assert model.instance_labels(samples([0, 5]), torch.device('cpu')).tolist() == [0, 5]
+
+
+def test_a_sample_without_sample_idx_is_refused(model):
+    batch = samples([0]) + [DataSample(metainfo=dict(img_path='x.png'))]
+    with pytest.raises(ValueError, match="sample 1 of the batch has no sample_idx.*PackInputs"):
+        model([torch.randn(2, 3, 32, 32)], batch, mode='loss')
+
+
+def test_predict_stores_pooled_backbone_features(model):
+    model.eval()
+    out = model([torch.randn(3, 3, 32, 32)], samples([0, 1, 2]), mode='predict')
+    assert [s.knn_feature.shape for s in out] == [torch.Size([128])] * 3

@@ -1,0 +1,62 @@
+"""Every config loads, names the host scope and imports the plugin; the ImageNet config builds without data."""
+from pathlib import Path
+
+import pytest
+import skimage.data
+import torch
+from mmengine.config import Config
+from mmengine.dataset import Compose
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from PIL import Image
+
+from mmpretrain.registry import MODELS, PARAM_SCHEDULERS
+from pic_plugin import check_custom_imports
+
+from conftest import REPO_ROOT
+
+CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT / 'configs')))
+def test_config_loads_with_scope_and_imports(path):
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'mmpretrain'
+    assert cfg.custom_imports == dict(imports=['pic_plugin'], allow_failed_imports=False)
+    check_custom_imports(cfg)
+    assert '_scope_' not in cfg.pretty_text  # no cross-package base leaks a scope into collate_fn
+
+
+def test_pic_r50_builds_model_pipeline_and_optimiser(tmp_path):
+    import pic_plugin  # noqa: F401
+    cfg = Config.fromfile(REPO_ROOT / 'configs' / 'pic_r50.py')
+    init_default_scope(cfg.default_scope)
+    assert cfg.train_dataloader.batch_size == 64
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(0.03 * 512 / 256)
+    model = MODELS.build(cfg.model)
+    assert model.head.table.weight.shape == (1281167, 128)
+    assert model.head.temperature == 0.2
+    assert model.neck.fc1.out_features == 128
+
+    pipeline = Compose(cfg.train_pipeline)
+    photo = tmp_path / 'astronaut.png'
+    Image.fromarray(skimage.data.astronaut()).save(photo)  # a real 512x512 photograph shipped by scikit-image
+    packed = pipeline(dict(img_path=str(photo), sample_idx=17))
+    assert [tuple(view.shape) for view in packed['inputs']] == [(3, 224, 224)]  # one view
+    assert packed['data_samples'].sample_idx == 17
+
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert type(optim_wrapper).__name__ == 'LazyCorrectedSGD'
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=optim_wrapper), default_args=dict(epoch_length=2502))
+                  for s in cfg.param_scheduler]
+    assert [type(s).__name__ for s in schedulers] == ['LinearLR', 'CosineAnnealingLR']
+    assert optim_wrapper.param_groups[0]['lr'] == pytest.approx(0.06 * 0.01)
+
+
+def test_a_config_that_forgets_custom_imports_is_refused(tmp_path):
+    source = (REPO_ROOT / 'configs' / 'pic_r50.py').read_text()
+    config = tmp_path / 'no_imports.py'
+    config.write_text(source.replace("'_base_/", f"'{REPO_ROOT / 'configs'}/_base_/") + '\ncustom_imports = None\n')
+    cfg = Config.fromfile(config)
+    with pytest.raises(ValueError, match=r"uses .*InstanceClsHead.* but does not import it: add `custom_imports"):
+        check_custom_imports(cfg)
