@@ -8,9 +8,12 @@ from typing import Set
 from mmpretrain import registry
 
 from . import datasets, engine, evaluation, models  # noqa: F401  (registers the components)
-from .utils import check_custom_imports
+from .utils import allow_mmengine_checkpoints, check_custom_imports
 
 __version__ = '0.1.0'
+
+# `--resume` under torch's weights_only=True default, without ever loading with weights_only=False
+allow_mmengine_checkpoints()
 
 _REGISTRIES = (registry.MODELS, registry.DATA_SAMPLERS, registry.DATASETS, registry.OPTIM_WRAPPERS,
                registry.HOOKS, registry.METRICS)

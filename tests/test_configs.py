@@ -60,3 +60,43 @@ def test_a_config_that_forgets_custom_imports_is_refused(tmp_path):
     cfg = Config.fromfile(config)
     with pytest.raises(ValueError, match=r"uses .*InstanceClsHead.* but does not import it: add `custom_imports"):
         check_custom_imports(cfg)
+
+
+def ablation(name):
+    return Config.fromfile(REPO_ROOT / 'configs' / 'pic' / 'ablations' / name)
+
+
+@pytest.mark.parametrize('log2_k', [9, 10, 12, 14, 16, 18])
+@pytest.mark.parametrize('correction', [True, False])
+def test_table2_configs_set_k_and_correction_on_the_epoch_scheduler(log2_k, correction):
+    suffix = '' if correction else '-nocorrection'
+    cfg = ablation(f'pic_resnet50_8xb64-epochsampler-k{2 ** log2_k}{suffix}-coslr-200e_in1k.py')
+    assert cfg.model.head.negatives == 'recent' and cfg.model.head.num_negatives == 2 ** log2_k
+    assert cfg.optim_wrapper.correction is correction
+    assert cfg.train_dataloader.sampler == dict(type='DefaultSampler', shuffle=True)
+
+
+@pytest.mark.parametrize('window, stride', [(262144, 16384), (65536, 16384), (32768, 16384), (131072, 32768),
+                                            (131072, 8192), (131072, 4096)])
+def test_table3_configs_set_the_window(window, stride):
+    cfg = ablation(f'pic_resnet50_8xb64-w{window}-s{stride}-coslr-200e_in1k.py')
+    assert cfg.train_dataloader.sampler == dict(type='SlidingWindowSampler', window_size=window, stride=stride)
+
+
+@pytest.mark.parametrize('epochs', [50, 100, 400, 1600])
+@pytest.mark.parametrize('window', [True, False])
+def test_table4_configs_scale_the_schedule(epochs, window):
+    name = f'pic_resnet50_8xb64-{"" if window else "epochsampler-"}coslr-{epochs}e_in1k.py'
+    cfg = ablation(name)
+    assert cfg.train_cfg.max_epochs == epochs
+    warmup, cosine = cfg.param_scheduler
+    assert warmup.end == cosine.begin == epochs / 40 and cosine.end == epochs
+    assert cfg.train_dataloader.sampler.type == ('SlidingWindowSampler' if window else 'DefaultSampler')
+
+
+def test_pic_r50_is_the_paper_default():
+    cfg = Config.fromfile(REPO_ROOT / 'configs' / 'pic_r50.py')
+    assert cfg.train_dataloader.sampler == dict(type='SlidingWindowSampler', window_size=131072, stride=16384)
+    assert (cfg.model.head.negatives, cfg.model.head.num_negatives) == ('recent', 65536)
+    assert cfg.optim_wrapper.type == 'LazyCorrectedSGD' and cfg.optim_wrapper.correction is True
+    assert cfg.train_cfg.max_epochs == 200 and cfg.train_dataloader.batch_size * 8 == 512

@@ -1,6 +1,6 @@
 """Pre-train on a small real data set on the CPU and compare weighted-kNN accuracy with the random network.
 
-    python tools/demo.py [--config configs/pic/pic_resnet18-w16_1xb128-coslr-20e_digits.py] [--work-dir DIR]
+    python tools/demo.py [--config CONFIG] [--work-dir DIR] [--cfg-options k=v ...]
 
 Writes scikit-learn's digits as images (tools/prepare_digits.py), evaluates the randomly initialised network
 with the config's kNN evaluator, trains with the config, evaluates again, and prints both accuracies and where
@@ -17,7 +17,8 @@ from mmengine.runner import Runner
 sys.path.insert(0, osp.dirname(__file__))
 from prepare_digits import prepare_digits  # noqa: E402
 
-DEFAULT_CONFIG = 'configs/pic/pic_resnet18-w16_1xb128-coslr-20e_digits.py'
+DEFAULT_CONFIG = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'pic',
+                          'pic_resnet18-w16_1xb128-coslr-20e_digits.py')
 
 
 def main() -> None:

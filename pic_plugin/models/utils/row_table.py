@@ -124,6 +124,17 @@ class RowTable(nn.Module):
             for name, tensor in self._storage().items():
                 setattr(self, name, tensor.to(device))
 
+    def check_range(self, global_indices: Tensor) -> None:
+        """Raise if a global row index (a dataset ``sample_idx``) lies outside ``[0, num_rows)``."""
+        if global_indices.numel() == 0:
+            return
+        low, high = int(global_indices.min()), int(global_indices.max())
+        if low < 0 or high >= self.num_rows:
+            bad = low if low < 0 else high
+            raise ValueError(f'sample_idx {bad} is out of range for a table of {self.num_rows} rows: the head\'s '
+                             'num_classes must equal the number of training images, and every index must come '
+                             'from the training set.')
+
     def to_local(self, global_indices: Tensor) -> Tensor:
         """Map global row indices (dataset ``sample_idx``) to positions inside this rank's shard.
 
@@ -131,18 +142,11 @@ class RowTable(nn.Module):
             ValueError: If an index lies outside ``[0, num_rows)`` or outside this rank's shard.
         """
         global_indices = global_indices.long()
-        if global_indices.numel() == 0:
-            return global_indices
-        low, high = int(global_indices.min()), int(global_indices.max())
-        if low < 0 or high >= self.num_rows:
-            bad = low if low < 0 else high
-            raise ValueError(f'sample_idx {bad} is out of range for a table of {self.num_rows} rows: the head\'s '
-                             'num_classes must equal the number of training images, and every index must come '
-                             'from the training set.')
+        self.check_range(global_indices)
         local = global_indices - self.row_offset
-        if int(local.min()) < 0 or int(local.max()) >= self.num_local_rows:
-            raise ValueError(f'row indices [{low}, {high}] are not all in this rank\'s shard '
-                             f'[{self.row_offset}, {self.row_offset + self.num_local_rows}).')
+        if local.numel() and (int(local.min()) < 0 or int(local.max()) >= self.num_local_rows):
+            raise ValueError(f'row indices [{int(global_indices.min())}, {int(global_indices.max())}] are not all '
+                             f'in this rank\'s shard [{self.row_offset}, {self.row_offset + self.num_local_rows}).')
         return local
 
     def gather(self, local_indices: Tensor, device: torch.device, name: str = 'weight') -> Tensor:

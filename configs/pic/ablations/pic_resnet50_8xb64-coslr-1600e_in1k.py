@@ -1,0 +1,10 @@
+# PIC Table 4: 1600 epochs with the sliding window; warm-up over epochs / 40, then cosine (REFERENCE-NOTES).
+_base_ = ['../../pic_r50.py']
+max_epochs = 1600
+warmup_epochs = max_epochs / 40
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=warmup_epochs, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=max_epochs - warmup_epochs, eta_min=0., by_epoch=True,
+         begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(max_epochs=max_epochs)

@@ -1,0 +1,224 @@
+"""NPID's memory-bank head: non-parametric softmax or NCE over a bank of one feature per training image."""
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.dist import all_gather, all_reduce, get_dist_info
+from mmengine.model import BaseModule
+from torch import Tensor
+
+from mmpretrain.registry import MODELS
+from ..utils.row_table import RowTable
+
+LOSS_MODES = ('nce', 'softmax')
+
+
+@MODELS.register_module()
+class MemoryBankNCE(BaseModule):
+    """Non-parametric instance discrimination with a memory bank (NPID, Wu et al. 2018, Sec. 3).
+
+    Every training image ``i`` is its own class, represented not by a weight but by ``v_i``, a unit-norm
+    running average of its own past features kept in a memory bank ``V`` (a :class:`RowTable` of ``N x D``
+    rows, initialised as random unit vectors, never back-propagated into). A projected feature is
+    L2-normalised to ``f`` and compared with bank rows by ``v^T f / tau``.
+
+    ``loss='softmax'`` is the exact non-parametric softmax over all ``N`` rows (Eq. 2-3):
+
+    .. math::
+        P(i|f) = \\frac{\\exp(v_i^T f / \\tau)}{\\sum_{j=1}^N \\exp(v_j^T f / \\tau)}, \\qquad
+        L = -\\log P(i|f_i).
+
+    ``loss='nce'`` is noise-contrastive estimation (Eq. 4-8): with ``m`` noise rows drawn uniformly
+    (``P_n = 1/N``) for every positive,
+
+    .. math::
+        P(i|v) = \\frac{\\exp(v^T f_i / \\tau)}{Z}, \\quad
+        h(i, v) = \\frac{P(i|v)}{P(i|v) + m P_n}, \\quad
+        L = -\\log h(i, v_i) - \\sum_{k=1}^{m} \\log(1 - h(i, v_{j_k})),
+
+    the sum over the ``m`` drawn noise rows being the Monte-Carlo estimate of ``m E_{P_n}[.]`` in Eq. 7. The
+    normaliser is estimated once, from the noise of the first batch (Eq. 8,
+    ``Z = N / m sum_k exp(v_{j_k}^T f / tau)``, averaged over the batch and over ranks), then held fixed; it is
+    the buffer ``normaliser``, so checkpoints keep it.
+
+    ``proximal_weight = lambda > 0`` adds the proximal term of Eq. 9-10 to each positive,
+    ``lambda ||f_i - v_i||^2`` with the bank row as ``v_i^(t-1)``, logged as ``loss_proximal``.
+
+    After each loss the rows of the batch's images are updated as the reference implementation does,
+    ``v_i <- normalise(m_bank v_i + (1 - m_bank) f_i)``. In distributed runs the features and indices of all
+    ranks are gathered first, so every rank applies the same update and the banks stay identical; an image
+    that appears more than once in the gathered batch is updated once, with its first feature in rank order.
+
+    Noise indices come from a ``torch.Generator`` of this head, re-seeded every step with
+    ``noise_seed + step * world_size + rank``: ranks draw different noise, the draw does not touch (nor depend
+    on) the global random state, and a resumed run draws what an uninterrupted one would, since the step
+    count is the checkpointed buffer ``num_steps``.
+
+    Example (plain PyTorch, one process)::
+
+        head = MemoryBankNCE(num_classes=50000, in_channels=128, loss='nce', num_noise=4096)
+        optim = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)   # the bank has no parameters
+        loss = head.loss(model(images), sample_idx)['loss']   # (B, 128) projections, (B,) dataset indices
+        loss.backward()
+        optim.step()
+
+    Args:
+        num_classes (int): ``N``, the number of bank rows: the size of the training set.
+        in_channels (int): ``D``, the length of the projected features and of each row. Defaults to 128
+            (NPID Sec. 4.2, Table 4).
+        loss (str): ``'nce'`` (Eq. 4-8) or ``'softmax'`` (Eq. 2, exact, for data sets small enough to compare
+            every feature with all ``N`` rows each step). Defaults to 'nce'.
+        num_noise (int): ``m``, noise rows per positive in the NCE mode; must be below ``num_classes``.
+            Defaults to 4096 (NPID Sec. 4.2).
+        temperature (float): ``tau``. Defaults to 0.07 (NPID Sec. 4.2).
+        bank_momentum (float): ``m_bank`` in ``[0, 1)``, the weight of a row's old value in its update.
+            Defaults to 0.5 (the reference implementation's ``nce-m``).
+        proximal_weight (float): ``lambda`` of the proximal term (Eq. 9-10); 0 turns it off. Defaults to 0.
+        noise_seed (int): Base seed of the noise draws. Defaults to 0.
+        placement (str): ``'device'`` or ``'host'``: where the bank lives (see ``RowTable``).
+            Defaults to 'device'.
+        init_cfg (dict, optional): Initialisation config of the module. Defaults to None.
+    """
+
+    def __init__(self,
+                 num_classes: int,
+                 in_channels: int = 128,
+                 loss: str = 'nce',
+                 num_noise: int = 4096,
+                 temperature: float = 0.07,
+                 bank_momentum: float = 0.5,
+                 proximal_weight: float = 0.,
+                 noise_seed: int = 0,
+                 placement: str = 'device',
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg)
+        if loss not in LOSS_MODES:
+            raise ValueError(f'loss={loss!r} is not one of {LOSS_MODES}: use \'nce\' (NPID Eq. 4-8) or '
+                             "'softmax' (the exact Eq. 2).")
+        if loss == 'nce' and not 0 < num_noise < num_classes:
+            raise ValueError(f'num_noise={num_noise} must lie in [1, num_classes - 1 = {num_classes - 1}]: lower '
+                             "it for a small data set, or use loss='softmax', which compares with all rows.")
+        if not 0 <= bank_momentum < 1:
+            raise ValueError(f'bank_momentum={bank_momentum} must lie in [0, 1) (NPID uses 0.5): at 1 the bank '
+                             'would never learn the features.')
+        if temperature <= 0:
+            raise ValueError(f'temperature={temperature} must be positive (NPID uses 0.07).')
+        if proximal_weight < 0:
+            raise ValueError(f'proximal_weight={proximal_weight} must be >= 0 (0 turns the proximal term off).')
+        self.num_classes = num_classes
+        self.loss_mode = loss
+        self.num_noise = num_noise
+        self.temperature = temperature
+        self.bank_momentum = bank_momentum
+        self.proximal_weight = proximal_weight
+        self.noise_seed = noise_seed
+        self.bank = RowTable(num_classes, in_channels, init='unit', with_optim_state=False, placement=placement)
+        # Z of Eq. 8; 0 until estimated from the first batch.
+        self.register_buffer('normaliser', torch.zeros((), dtype=torch.float64))
+        self.register_buffer('num_steps', torch.zeros((), dtype=torch.long))
+        self._noise_generators: Dict[torch.device, torch.Generator] = {}
+
+    def loss(self, feats: Tensor, sample_idx: Tensor) -> Dict[str, Tensor]:
+        """The NPID loss of a batch, then the momentum update of the batch's bank rows.
+
+        Args:
+            feats (Tensor): ``(B, D)`` projected features (normalised here, NPID's L2-normalisation layer).
+            sample_idx (Tensor): ``(B,)`` instance labels: the images' indices in the training set.
+
+        Returns:
+            dict[str, Tensor]: ``{'loss': ...}``, plus ``'loss_proximal'`` when ``proximal_weight > 0``.
+        """
+        local_indices = self.bank.to_local(sample_idx.to(feats.device))  # also checks the range
+        self.bank.place_on(feats.device)
+        features = F.normalize(feats, dim=1)  # (B, D), f_i
+        positives = self.bank.gather(local_indices, feats.device)  # (B, D), v_i^(t-1): a copy, no grad
+        if self.loss_mode == 'softmax':
+            losses = dict(loss=self._softmax_loss(features, local_indices))
+        else:
+            losses = dict(loss=self._nce_loss(features, positives))
+        if self.proximal_weight > 0:
+            # Eq. 9: lambda ||v_i^(t) - v_i^(t-1)||^2 on each positive, averaged over the batch
+            losses['loss_proximal'] = self.proximal_weight * (features - positives).pow(2).sum(dim=1).mean()
+        self._update_bank(features.detach(), local_indices)
+        self.num_steps += 1
+        return losses
+
+    def _softmax_loss(self, features: Tensor, local_indices: Tensor) -> Tensor:
+        """Eq. 2-3: cross-entropy of ``v_j^T f / tau`` over all ``N`` bank rows."""
+        all_rows = self.bank.gather(torch.arange(self.num_classes, device=features.device), features.device)
+        logits = features @ all_rows.t() / self.temperature  # (B, D) x (D, N) -> (B, N)
+        return F.cross_entropy(logits, local_indices)
+
+    def _nce_loss(self, features: Tensor, positives: Tensor) -> Tensor:
+        """Eq. 4-7 with the positive row and ``m`` uniformly drawn noise rows per feature."""
+        batch_size, dim = features.shape
+        noise_indices = self._draw_noise(batch_size, features.device)  # (B, m)
+        noise_rows = self.bank.gather(noise_indices.flatten(), features.device).view(batch_size, -1, dim)
+        positive_logits = (positives * features).sum(dim=1) / self.temperature  # (B,)
+        noise_logits = torch.bmm(noise_rows, features.unsqueeze(2)).squeeze(2) / self.temperature  # (B, m)
+        if self.normaliser <= 0:
+            self._estimate_normaliser(noise_logits.detach())
+        log_normaliser = torch.log(self.normaliser).to(features.dtype)
+        log_noise_odds = math.log(self.num_noise / self.num_classes)  # log(m P_n)
+        # With log P = logit - log Z (Eq. 4): -log h = softplus(log(m P_n) - log P) and
+        # -log(1 - h) = softplus(log P - log(m P_n)) (Eq. 6), written so that no exp overflows.
+        positive_term = F.softplus(log_noise_odds - (positive_logits - log_normaliser))  # (B,)
+        noise_term = F.softplus(noise_logits - log_normaliser - log_noise_odds).sum(dim=1)  # (B,)
+        return (positive_term + noise_term).mean()  # Eq. 7
+
+    @torch.no_grad()
+    def _estimate_normaliser(self, noise_logits: Tensor) -> None:
+        """Eq. 8: ``Z = N / m sum_k exp(v_{j_k}^T f / tau)``, averaged over the batch and over ranks."""
+        estimate = self.num_classes * noise_logits.double().exp().mean()
+        _, world_size = get_dist_info()
+        if world_size > 1:
+            all_reduce(estimate, op='mean')
+        self.normaliser.copy_(estimate)
+
+    def _draw_noise(self, batch_size: int, device: torch.device) -> Tensor:
+        """``(B, m)`` indices drawn uniformly from ``[0, N)`` by this head's generator (see the class doc)."""
+        rank, world_size = get_dist_info()
+        generator = self._noise_generators.get(device)
+        if generator is None:
+            generator = self._noise_generators[device] = torch.Generator(device=device)
+        generator.manual_seed(self.noise_seed + int(self.num_steps) * world_size + rank)
+        return torch.randint(self.num_classes, (batch_size, self.num_noise), generator=generator, device=device)
+
+    @torch.no_grad()
+    def _update_bank(self, features: Tensor, local_indices: Tensor) -> None:
+        """``v_i <- normalise(m_bank v_i + (1 - m_bank) f_i)`` for every image of the batch of all ranks."""
+        features, indices = _gather_from_all_ranks(features, local_indices)  # (G, D), (G,)
+        unique_indices, first = _first_occurrences(indices)  # (U,), (U,)
+        old_rows = self.bank.gather(unique_indices, features.device)  # (U, D)
+        new_rows = self.bank_momentum * old_rows + (1 - self.bank_momentum) * features[first]  # (U, D)
+        self.bank.write(unique_indices, weight=F.normalize(new_rows, dim=1))
+
+
+def _gather_from_all_ranks(features: Tensor, indices: Tensor) -> Tuple[Tensor, Tensor]:
+    """Concatenate the ``(B_r, D)`` features and ``(B_r,)`` indices of every rank, in rank order.
+
+    Batches may differ in size between ranks (the last batch of an epoch), so they are padded to the largest
+    for the collective and trimmed afterwards.
+    """
+    _, world_size = get_dist_info()
+    if world_size == 1:
+        return features, indices
+    sizes = [int(size) for size in all_gather(torch.tensor([indices.numel()], device=indices.device))]
+    padding = max(sizes) - indices.numel()
+    gathered_features = all_gather(F.pad(features, (0, 0, 0, padding)))  # world_size x (B_max, D)
+    gathered_indices = all_gather(F.pad(indices, (0, padding)))  # world_size x (B_max,)
+    return (torch.cat([rows[:size] for rows, size in zip(gathered_features, sizes)]),
+            torch.cat([rows[:size] for rows, size in zip(gathered_indices, sizes)]))
+
+
+def _first_occurrences(indices: Tensor) -> Tuple[Tensor, Tensor]:
+    """The distinct values of ``indices`` (sorted) and the position of each one's first occurrence.
+
+    Integer min-reduction, so the result is the same on every rank and device (unlike a scatter of
+    duplicates, whose winner is unspecified).
+    """
+    unique_indices, inverse = torch.unique(indices, return_inverse=True)  # (U,), (G,)
+    positions = torch.arange(indices.numel(), device=indices.device)  # (G,)
+    first = torch.full_like(unique_indices, indices.numel()).scatter_reduce_(0, inverse, positions, reduce='amin')
+    return unique_indices, first
