@@ -14,8 +14,9 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
 )
-# Stops at once, with a clear message, when the head's row count differs from the training set size.
-custom_hooks = [dict(type='InstanceCountCheckHook')]
+# Stop at once, with a clear message, when the head's row count differs from the training set size, and at the
+# first NaN / inf loss (before it reaches a checkpoint).
+custom_hooks = [dict(type='InstanceCountCheckHook'), dict(type='NaNGuardHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -1,4 +1,4 @@
-from .hooks import InstanceCountCheckHook
+from .hooks import InstanceCountCheckHook, NaNGuardHook
 from .optimizers import LazyCorrectedSGD, TransitionProducts
 
-__all__ = ['InstanceCountCheckHook', 'LazyCorrectedSGD', 'TransitionProducts']
+__all__ = ['InstanceCountCheckHook', 'NaNGuardHook', 'LazyCorrectedSGD', 'TransitionProducts']
