@@ -20,9 +20,9 @@ def digits_workspace(tmp_path_factory) -> Path:
     return workspace
 
 
-def run_cli(args, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a command with this interpreter's environment; fail the test with its output if it fails."""
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='2')
+def run_cli(args, cwd: Path, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's environment (plus ``extra_env``) and capture its output."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='2', **extra_env)
     result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=timeout)
     return result

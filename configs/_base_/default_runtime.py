@@ -15,8 +15,8 @@ default_hooks = dict(
     visualization=dict(type='VisualizationHook', enable=False),
 )
 # Stop at once, with a clear message, when the head's row count differs from the training set size, and at the
-# first NaN / inf loss (before it reaches a checkpoint).
-custom_hooks = [dict(type='InstanceCountCheckHook'), dict(type='NaNGuardHook')]
+# first NaN / inf loss (before it reaches a checkpoint); gather a sharded classifier's rows into each checkpoint.
+custom_hooks = [dict(type='InstanceCountCheckHook'), dict(type='NaNGuardHook'), dict(type='ShardedTableHook')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -1,4 +1,4 @@
-from .hooks import InstanceCountCheckHook, NaNGuardHook
+from .hooks import InstanceCountCheckHook, NaNGuardHook, ShardedTableHook
 from .optimizers import LazyCorrectedSGD, TransitionProducts
 
-__all__ = ['InstanceCountCheckHook', 'NaNGuardHook', 'LazyCorrectedSGD', 'TransitionProducts']
+__all__ = ['InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook', 'LazyCorrectedSGD', 'TransitionProducts']

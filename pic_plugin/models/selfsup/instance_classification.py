@@ -48,18 +48,23 @@ class InstanceClassification(BaseSelfSupervisor):
         return super().forward(inputs, data_samples, mode)
 
     def loss(self, inputs: List[Tensor], data_samples: List[DataSample]) -> Dict[str, Tensor]:
-        """Project one view of each image and classify it as its own instance.
+        """Project every view of each image and classify it as its own instance.
+
+        PIC feeds one view per image; the full classifier feeds two "for fair comparison" with two-branch
+        methods (its Sec. 4). All views go through the network as one batch and share their image's label.
 
         Args:
-            inputs (list[Tensor]): Views from ``SelfSupDataPreprocessor``; the first ``(B, C, H, W)`` is used.
+            inputs (list[Tensor]): ``V`` views from ``SelfSupDataPreprocessor``, each ``(B, C, H, W)``.
             data_samples (list[DataSample]): One per image, each with ``sample_idx`` in its metainfo.
 
         Returns:
             dict[str, Tensor]: The head's losses.
         """
-        images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        projections = self.neck(self.backbone(images))[0]  # (B, D)
-        return self.head.loss(projections, self.instance_labels(data_samples, images.device))
+        views = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        images = torch.cat(views)  # (V * B, C, H, W)
+        labels = self.instance_labels(data_samples, images.device).repeat(len(views))  # (V * B,)
+        projections = self.neck(self.backbone(images))[0]  # (V * B, D)
+        return self.head.loss(projections, labels)
 
     @staticmethod
     def instance_labels(data_samples: List[DataSample], device: torch.device) -> Tensor:

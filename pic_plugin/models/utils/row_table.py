@@ -14,6 +14,7 @@ there. Only the rows a step needs travel to the compute device. They are saved t
 from typing import Dict, List, NamedTuple, Optional, Protocol, Tuple
 
 import torch
+import torch.distributed as dist
 from mmengine.dist import get_dist_info
 from torch import Tensor, nn
 
@@ -92,6 +93,8 @@ class RowTable(nn.Module):
         self.num_local_rows = shard_sizes[shard_rank]
         self.updater: Optional[RowUpdater] = None
         self.pending: Optional[RowBatch] = None
+        # rank 0's copy of every shard, gathered for the next checkpoint (see gather_shards_for_checkpoint)
+        self.gathered: Optional[Dict[str, Tensor]] = None
 
         pin = placement == 'host' and torch.cuda.is_available()
         self.weight = self._allocate((self.num_local_rows, dim), dtype, pin)
@@ -156,6 +159,7 @@ class RowTable(nn.Module):
 
     def write(self, local_indices: Tensor, **rows: Tensor) -> None:
         """Write rows back, e.g. ``write(idx, weight=w, momentum=u, last_step=s)``."""
+        self.gathered = None
         for name, values in rows.items():
             storage = getattr(self, name)
             storage[local_indices.to(storage.device)] = values.to(storage.device, storage.dtype)
@@ -191,24 +195,54 @@ class RowTable(nn.Module):
         return pending
 
     # ---- checkpoints -----------------------------------------------------------------------------------
+    def gather_shards_for_checkpoint(self) -> None:
+        """Collective: give rank 0 every rank's rows, so that its checkpoint holds the whole table.
+
+        mmengine writes checkpoints from rank 0 only. Call this on all ranks before each save
+        (``ShardedTableHook`` does); rank 0's ``state_dict`` then holds all ``num_rows`` rows, and every rank
+        takes its own slice back when loading. It costs rank 0 host memory for the whole table, once per save.
+        """
+        if self.world_size == 1:
+            return
+        rank = dist.get_rank()
+        shard_size = self.num_rows // self.world_size + 1  # every shard padded to the largest one
+        gathered = {}
+        for name, tensor in self._storage().items():
+            padded = tensor.new_zeros((shard_size, ) + tensor.shape[1:])
+            padded[:tensor.shape[0]] = tensor
+            parts = [torch.empty_like(padded) for _ in range(self.world_size)] if rank == 0 else None
+            dist.gather(padded, parts, dst=0)
+            if rank == 0:
+                sizes = [self.num_rows // self.world_size + (r < self.num_rows % self.world_size)
+                         for r in range(self.world_size)]
+                gathered[name] = torch.cat([part[:size] for part, size in zip(parts, sizes)]).cpu()
+        self.gathered = gathered if rank == 0 else None
+
     def _save_to_state_dict(self, destination: Dict[str, Tensor], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name, tensor in self._storage().items():
+        rows = self.gathered if self.gathered is not None else self._storage()
+        for name, tensor in rows.items():
             destination[prefix + name] = tensor.detach()
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, local_metadata: dict,
                               strict: bool, missing_keys: List[str], unexpected_keys: List[str],
                               error_msgs: List[str]) -> None:
+        # The table has no parameters, buffers or children, so the base class has nothing to load; it would
+        # only list these keys as unexpected.
+        self.gathered = None
         for name, tensor in self._storage().items():
             key = prefix + name
             if key not in state_dict:
                 missing_keys.append(key)
                 continue
             saved = state_dict[key]
-            if saved.shape != tensor.shape:
+            if saved.shape[1:] != tensor.shape[1:] or saved.shape[0] not in (self.num_rows, tensor.shape[0]):
                 error_msgs.append(
-                    f'{key}: the checkpoint holds {tuple(saved.shape)} rows but this table has '
-                    f'{tuple(tensor.shape)} (num_rows={self.num_rows}, world_size={self.world_size}): the data set '
-                    'size or the number of ranks changed since the checkpoint was saved.')
+                    f'{key}: the checkpoint holds {tuple(saved.shape)} rows but this table has {self.num_rows} '
+                    f'rows of dim {self.dim} ({self.num_local_rows} on this rank of {self.world_size}): the data '
+                    'set size changed since the checkpoint was saved, or it was saved by a sharded run without '
+                    'ShardedTableHook.')
                 continue
+            if saved.shape[0] == self.num_rows:  # a whole table: take this rank's shard
+                saved = saved[self.row_offset:self.row_offset + self.num_local_rows]
             tensor.copy_(saved)

@@ -42,3 +42,16 @@ def test_predict_stores_pooled_backbone_features(model):
     model.eval()
     out = model([torch.randn(3, 3, 32, 32)], samples([0, 1, 2]), mode='predict')
     assert [s.knn_feature.shape for s in out] == [torch.Size([128])] * 3
+
+
+def test_every_view_is_classified_as_its_image(model, monkeypatch):
+    LazyCorrectedSGD(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)).attach(model)
+    seen = {}
+
+    def record(projections, labels):
+        seen.update(shape=projections.shape, labels=labels.tolist())
+        return {'loss': projections.sum()}
+
+    monkeypatch.setattr(model.head, 'loss', record)
+    model([torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)], samples([4, 0, 9]), mode='loss')
+    assert seen == dict(shape=torch.Size([6, 128]), labels=[4, 0, 9, 4, 0, 9])

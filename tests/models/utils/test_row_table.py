@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from distributed import run_distributed
+
 from pic_plugin.models.utils import row_table as row_table_module
 from pic_plugin.models.utils import RowTable
 
@@ -42,7 +44,7 @@ def test_state_dict_round_trip_and_size_mismatch():
     restored.load_state_dict(state)
     for name in state:
         assert torch.equal(getattr(restored, name), getattr(table, name))
-    with pytest.raises(RuntimeError, match='data set size or the number of ranks changed'):
+    with pytest.raises(RuntimeError, match='the data set size changed since the checkpoint was saved'):
         RowTable(11, 4).load_state_dict(state)
 
 
@@ -77,3 +79,32 @@ def test_rows_for_update_without_an_optimiser_says_which_to_use():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RowTable(**kwargs)
+
+
+
+def sharded_checkpoint_rank(rank, world_size):
+    """Each rank fills its shard with its global row numbers, then saves as mmengine does and reloads."""
+    table = RowTable(10, 2, sharded=True)
+    rows = torch.arange(table.row_offset, table.row_offset + table.num_local_rows, dtype=torch.float32)
+    table.weight.copy_(rows[:, None].expand(-1, 2))
+    table.last_step.fill_(rank + 1)
+    table.gather_shards_for_checkpoint()  # ShardedTableHook does this on every rank before a save
+    saved = [table.state_dict() if rank == 0 else None]  # mmengine writes the checkpoint from rank 0 only
+    torch.distributed.broadcast_object_list(saved, src=0)  # on resume every rank reads that file
+    restored = RowTable(10, 2, sharded=True)
+    restored.load_state_dict(saved[0])
+    return saved[0], torch.equal(restored.weight, table.weight), torch.equal(restored.last_step, table.last_step)
+
+
+@pytest.mark.parametrize('world_size', [2, 3])
+def test_a_sharded_table_saves_every_shard_from_rank_0_and_reloads_its_own(world_size):
+    results = run_distributed(sharded_checkpoint_rank, world_size)
+    whole = results[0][0]
+    assert torch.equal(whole['weight'][:, 0], torch.arange(10, dtype=torch.float32))
+    shard_sizes = [10 // world_size + (r < 10 % world_size) for r in range(world_size)]
+    expected_steps = torch.cat([torch.full((size, ), r + 1) for r, size in enumerate(shard_sizes)])
+    assert torch.equal(whole['last_step'], expected_steps)
+    assert all(weight_ok and steps_ok for _, weight_ok, steps_ok in results)
+    exported = RowTable(10, 2)  # one process reads the whole table back (export)
+    exported.load_state_dict(whole)
+    assert torch.equal(exported.weight, whole['weight'])

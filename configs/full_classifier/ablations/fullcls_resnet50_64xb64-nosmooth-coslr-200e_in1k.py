@@ -1,0 +1,5 @@
+# Full classifier Table 2, MLP head + contrastive prior, no label smoothing (67.6%).
+_base_ = ['../fullcls_resnet50_64xb64-coslr-200e_in1k.py']
+model = dict(head=dict(label_smoothing=0.))
+custom_hooks = [dict(type='InstanceCountCheckHook'), dict(type='NaNGuardHook'), dict(type='ShardedTableHook'),
+                dict(type='ContrastivePriorHook')]
