@@ -21,6 +21,18 @@ from torch import Tensor, nn
 PLACEMENTS = ('device', 'host')
 
 
+def available_host_memory() -> Optional[int]:
+    """``MemAvailable`` of /proc/meminfo in bytes, or None where the system does not report it."""
+    try:
+        with open('/proc/meminfo') as meminfo:
+            for line in meminfo:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class RowBatch(NamedTuple):
     """The rows of one training step, gathered for an optimiser update.
 
@@ -97,6 +109,7 @@ class RowTable(nn.Module):
         self.gathered: Optional[Dict[str, Tensor]] = None
 
         pin = placement == 'host' and torch.cuda.is_available()
+        self._check_host_memory(dtype, with_optim_state)
         self.weight = self._allocate((self.num_local_rows, dim), dtype, pin)
         if init == 'normal':
             self.weight.normal_(0, init_std)
@@ -107,6 +120,31 @@ class RowTable(nn.Module):
         if with_optim_state:
             self.momentum = self._allocate((self.num_local_rows, dim), dtype, pin).zero_()
             self.last_step = self._allocate((self.num_local_rows, ), torch.int64, pin).zero_()
+
+    def nbytes(self, dtype: torch.dtype, with_optim_state: bool) -> int:
+        """Bytes of this rank's rows (and their momentum and last-update steps)."""
+        row_bytes = self.dim * dtype.itemsize * (2 if with_optim_state else 1) + (8 if with_optim_state else 0)
+        return self.num_local_rows * row_bytes
+
+    def _check_host_memory(self, dtype: torch.dtype, with_optim_state: bool) -> None:
+        """Refuse a table larger than the host memory that is available, saying how much it needs."""
+        needed, available = self.nbytes(dtype, with_optim_state), available_host_memory()
+        if available is not None and needed > available:
+            raise MemoryError(
+                f'a table of {self.num_local_rows:,} rows x {self.dim} ({dtype}, with_optim_state={with_optim_state}) '
+                f'needs {needed / 2**30:.1f} GiB on this rank but only {available / 2**30:.1f} GiB of host memory '
+                'is available: shard the rows over more ranks (sharded=True), or use a machine with more memory.')
+
+    def _check_device_memory(self, device: torch.device) -> None:
+        """Refuse to move a table to an accelerator that cannot hold it, saying how much it needs."""
+        if device.type != 'cuda':
+            return
+        needed = sum(t.numel() * t.element_size() for t in self._storage().values())
+        free, _ = torch.cuda.mem_get_info(device)
+        if needed > free:
+            raise MemoryError(f'the table needs {needed / 2**30:.1f} GiB on {device} but only {free / 2**30:.1f} GiB '
+                              "is free: set the head's placement='host' (rows stay in pinned host memory and only a "
+                              "step's rows move), or shard the rows over more GPUs (sharded=True).")
 
     @staticmethod
     def _allocate(shape: Tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
@@ -124,6 +162,7 @@ class RowTable(nn.Module):
     def place_on(self, device: torch.device) -> None:
         """With ``placement='device'``, move the rows to ``device`` (the features' device) once."""
         if self.placement == 'device' and self.weight.device != device:
+            self._check_device_memory(device)
             for name, tensor in self._storage().items():
                 setattr(self, name, tensor.to(device))
 

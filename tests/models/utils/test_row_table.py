@@ -108,3 +108,10 @@ def test_a_sharded_table_saves_every_shard_from_rank_0_and_reloads_its_own(world
     exported = RowTable(10, 2)  # one process reads the whole table back (export)
     exported.load_state_dict(whole)
     assert torch.equal(exported.weight, whole['weight'])
+
+
+def test_a_table_larger_than_the_host_memory_says_how_much_it_needs(monkeypatch):
+    monkeypatch.setattr(row_table_module, 'available_host_memory', lambda: 2**30)
+    with pytest.raises(MemoryError, match=r'1,281,167 rows x 128 .* needs 1\.2 GiB .* only 1\.0 GiB .*sharded=True'):
+        RowTable(1281167, 128)
+    RowTable(1000, 128)  # small tables still fit
