@@ -7,6 +7,9 @@ import argparse
 import os
 import os.path as osp
 
+import torch
+import torch.distributed as dist
+
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
@@ -54,11 +57,23 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     return cfg
 
 
+def init_cpu_process_group(cfg: Config) -> None:
+    """Join the launcher's process group on a machine without CUDA.
+
+    mmengine 0.10.7's ``pytorch`` launcher always calls ``torch.cuda.set_device``; when the group already
+    exists, the runner uses it as it is. CPU configs also set ``model_wrapper_cfg`` with ``device_ids=None``.
+    """
+    if cfg.launcher == 'pytorch' and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend=cfg.env_cfg.get('dist_cfg', {}).get('backend', 'gloo'))
+
+
 def main() -> None:
     args = parse_args()
     cfg = Config.fromfile(args.config)
     check_custom_imports(cfg)
-    runner = Runner.from_cfg(merge_args(cfg, args))
+    cfg = merge_args(cfg, args)
+    init_cpu_process_group(cfg)
+    runner = Runner.from_cfg(cfg)
     runner.train()
 
 

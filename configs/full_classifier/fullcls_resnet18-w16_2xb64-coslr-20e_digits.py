@@ -3,6 +3,8 @@
 _base_ = ['../pic/pic_resnet18-w16_1xb128-coslr-20e_digits.py']
 model = dict(head=dict(negatives='full', sharded=True, label_smoothing=0.2, num_hard_classes=10))
 train_dataloader = dict(batch_size=64)  # per process: 2 x 64 = 128, as the single-process PIC config
+# DistributedDataParallel of a CPU model takes no device ids (mmengine's default passes the local rank)
+model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False)
 custom_hooks = [
     dict(type='InstanceCountCheckHook'),
     dict(type='NaNGuardHook'),

@@ -9,7 +9,8 @@
 # and precise BN statistics before testing.
 #
 #   mim train mmdet configs/benchmarks/mmdet/faster-rcnn_r50-c4_ms-24k_voc0712.py --launcher pytorch --gpus 8 \
-#       --cfg-options model.backbone.init_cfg.checkpoint=$BACKBONE model.roi_head.shared_head.init_cfg.checkpoint=$BACKBONE
+#       --cfg-options model.backbone.init_cfg.checkpoint=$BACKBONE \
+#                     model.roi_head.shared_head.init_cfg.checkpoint=$BACKBONE
 #   mim test mmdet configs/benchmarks/mmdet/faster-rcnn_r50-c4_ms-24k_voc0712.py --checkpoint WORK_DIR/iter_24000.pth
 _base_ = 'mmdet::pascal_voc/faster-rcnn_r50-caffe-c4_ms-18k_voc0712.py'
 # torch >= 2.6 loads checkpoints with weights_only=True, which refuses the message hub of every mmengine runner
@@ -34,8 +35,9 @@ model = dict(
             # The same file: the C4 box head is the backbone's stage 4 ('backbone.layer4.*' -> 'layer4.*').
             init_cfg=dict(type='Pretrained', checkpoint='work_dirs/pic_r50_backbone.pth', prefix='backbone.'))))
 
-# mmdet's base concatenates VOC2007 and VOC2012, whose metainfo differ in 'dataset_type': ConcatDataset refuses
-# that unless told to ignore the key (mmdet's voc0712.py base does; its C4 config drops it).
+# VOC2007 and VOC2012 differ in metainfo['dataset_type']; without ignoring that key, mmdet's ConcatDataset turns
+# the metainfo into a list of both, which the checkpoints then store as dataset_meta and mmdet's init_detector
+# cannot read. mmdet's voc0712.py base ignores it; its C4 config drops the setting.
 train_dataloader = dict(dataset=dict(ignore_keys=['dataset_type']))
 
 max_iters = 24000

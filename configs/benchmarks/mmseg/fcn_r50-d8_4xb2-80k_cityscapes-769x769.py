@@ -5,7 +5,8 @@
 #
 #   mim train mmseg configs/benchmarks/mmseg/fcn_r50-d8_4xb2-80k_cityscapes-769x769.py --launcher pytorch --gpus 4 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=$BACKBONE
-#   mim test mmseg configs/benchmarks/mmseg/fcn_r50-d8_4xb2-80k_cityscapes-769x769.py --checkpoint WORK_DIR/iter_80000.pth
+#   mim test mmseg configs/benchmarks/mmseg/fcn_r50-d8_4xb2-80k_cityscapes-769x769.py \
+#       --checkpoint WORK_DIR/iter_80000.pth
 _base_ = 'mmseg::fcn/fcn_r50b-d8_4xb2-80k_cityscapes-769x769.py'
 # torch >= 2.6 loads checkpoints with weights_only=True, which refuses the message hub of every mmengine runner
 # checkpoint (so `mim test` and `--resume` fail); importing pic_plugin registers its exact allow-list.
