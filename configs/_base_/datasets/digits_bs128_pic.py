@@ -40,3 +40,7 @@ val_dataloader = dict(
         test=dict(type=dataset_type, data_root=data_root, data_prefix='test', pipeline=test_pipeline)))
 val_evaluator = dict(type='WeightedKNN', k=200, tau=0.07)
 val_cfg = dict()
+# `tools/test.py` / `mim test` evaluate a checkpoint the same way
+test_dataloader = val_dataloader
+test_evaluator = val_evaluator
+test_cfg = dict()

@@ -259,8 +259,8 @@ class LazyCorrectedSGD(OptimWrapper):
         """Bring rows to the current step as if every step they skipped had updated them (PIC Eq. 3).
 
         A row with ``last_step = s`` holds its state after step ``s - 1``; at step ``t`` it becomes
-        ``A_{t-1} ... A_s [w; u]``. The products are computed in float64 and the rows returned in their
-        dtype. With ``correction=False`` the rows are returned unchanged.
+        ``A_{t-1} ... A_s [w; u]``. The products are computed in float64 and applied in the rows' dtype.
+        With ``correction=False`` the rows are returned unchanged.
 
         Args:
             weight (Tensor): ``(R, D)`` rows.
@@ -278,12 +278,12 @@ class LazyCorrectedSGD(OptimWrapper):
             raise ValueError(f'Rows were last updated at step {newest - 1}, but this optimiser has made only '
                              f'{self.num_steps} steps: the table was loaded from a checkpoint without its '
                              'optimiser state. Resume the run (resume=True) so that both are restored.')
-        products = self.transitions.products(starts, self.num_steps).to(weight.device)  # (U, 2, 2)
+        # products in float64 (long runs), applied in the rows' dtype: a float32 row is no more exact than that
+        products = self.transitions.products(starts, self.num_steps).to(weight.device, weight.dtype)  # (U, 2, 2)
         per_row = products[row_to_start]  # (R, 2, 2)
-        weight64, momentum64 = weight.double(), momentum.double()  # (R, D)
-        new_weight = per_row[:, 0, 0, None] * weight64 + per_row[:, 0, 1, None] * momentum64
-        new_momentum = per_row[:, 1, 0, None] * weight64 + per_row[:, 1, 1, None] * momentum64
-        return new_weight.to(weight.dtype), new_momentum.to(momentum.dtype)
+        new_weight = torch.addcmul(per_row[:, 0, 0, None] * weight, per_row[:, 0, 1, None], momentum)  # (R, D)
+        new_momentum = torch.addcmul(per_row[:, 1, 0, None] * weight, per_row[:, 1, 1, None], momentum)
+        return new_weight, new_momentum
 
     def step(self, **kwargs) -> None:
         """Update the model, then this step's rows of every table (PIC Eq. 2), and record ``A_t``."""

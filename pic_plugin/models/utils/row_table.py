@@ -194,7 +194,7 @@ class RowTable(nn.Module):
     def gather(self, local_indices: Tensor, device: torch.device, name: str = 'weight') -> Tensor:
         """Copy the rows ``local_indices`` of ``name`` to ``device``: ``(R,) -> (R, D)``."""
         storage = getattr(self, name)
-        return storage[local_indices.to(storage.device)].to(device, non_blocking=True)
+        return storage.index_select(0, local_indices.to(storage.device)).to(device, non_blocking=True)
 
     def write(self, local_indices: Tensor, **rows: Tensor) -> None:
         """Write rows back, e.g. ``write(idx, weight=w, momentum=u, last_step=s)``."""

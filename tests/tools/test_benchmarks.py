@@ -1,0 +1,95 @@
+"""Smoke runs of the benchmarks in tools/benchmarks/ at tiny sizes: they run and print their tables.
+
+Nothing here asserts a time. The head benchmark's byte counts are exact, so they are checked: flat in N for
+the sampled mode, linear in N for the dense baseline. One case runs a script as a command; the others
+call its ``main`` in this process with command-line flags, which saves the imports' start-up time.
+"""
+import re
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT, run_cli
+
+BENCHMARKS = REPO_ROOT / 'tools' / 'benchmarks'
+sys.path.insert(0, str(BENCHMARKS))
+TINY_HEAD = ['--rows', '1000', '2000', '--dense-rows', '400', '800', '--dim', '16', '--batch-size', '32',
+             '--num-negatives', '128', '--rounds', '2', '--steps-per-round', '1', '--extra-warmup-steps', '1',
+             '--profile-steps', '1', '--threads', '1']
+
+
+def table_rows(output: str, first_cell: str):
+    """The cells of the Markdown table rows whose first cell is ``first_cell``."""
+    return [[cell.strip() for cell in line.strip('|').split('|')] for line in output.splitlines()
+            if re.match(rf'\|\s*{re.escape(first_cell)}\s*\|', line)]
+
+
+def run_main(module_name: str, flags, monkeypatch, capsys) -> str:
+    """Run a benchmark's ``main`` with these command-line flags in this process; return what it printed."""
+    module = __import__(module_name)
+    monkeypatch.setattr(sys, 'argv', [module.__file__, *flags])
+    threads = torch.get_num_threads()
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)  # --threads must not leak into later tests
+    return capsys.readouterr().out
+
+
+def check_head_step_output(out: str, schedule: str, timed_steps: int) -> None:
+    assert 'command:  ' in out and 'bench_head_step.py --rows 1000 2000' in out
+    assert re.search(r'machine: .*cores', out) and 'torch:' in out
+    assert f'sampled + lazy: {schedule} schedule' in out
+    assert re.search(r't\(2000\) / t\(1e3\) = \d+\.\d+: goal <= 1\.1 (met|NOT met)', out)
+    assert re.search(r't\(800\) / t\(400\) = \d+\.\d', out)
+    # cells: N, table, classes C, ms, IQR, steps, ratio, bytes on the accelerator
+    small, large = table_rows(out, '1e3')[0], table_rows(out, '2000')[0]
+    assert small[2] == large[2] == '160'  # K + B rows whatever N is
+    assert small[5] == large[5] == str(timed_steps)
+    assert small[6] == '1.000'
+    assert small[7] == large[7]
+    dense_small, dense_large = table_rows(out, '400')[0], table_rows(out, '800')[0]
+    assert (dense_small[2], dense_large[2]) == ('400', '800')
+    assert dense_small[7] != dense_large[7]
+    for tensors in ('gathered', 'logits + grad', 'row grads', 'written back'):
+        assert len(set(table_rows(out, tensors)[0][1:])) == 1, tensors
+    assert len(table_rows(out, 'correct (Eq. 3)')[0]) == 3
+
+
+def test_head_step_command_prints_flat_bytes_for_sampled_rows_and_linear_for_dense(tmp_path):
+    result = run_cli([sys.executable, BENCHMARKS / 'bench_head_step.py', *TINY_HEAD,
+                      '--schedule', 'interleaved'], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_head_step_output(result.stdout, 'interleaved', timed_steps=2)
+
+
+def test_head_step_sweeps_repeat_the_sweep(monkeypatch, capsys):
+    out = run_main('bench_head_step', [*TINY_HEAD, '--schedule', 'sweeps', '--sweeps', '2'], monkeypatch, capsys)
+    check_head_step_output(out, 'sweeps', timed_steps=4)
+    assert 'whole sweep repeated 2 times' in out
+
+
+def test_head_step_refuses_a_queue_larger_than_the_table(monkeypatch, capsys):
+    with pytest.raises(ValueError, match=r'--rows 1000 is smaller than K \+ B = 1024 \+ 256'):
+        run_main('bench_head_step', ['--rows', '1000', '--num-negatives', '1024'], monkeypatch, capsys)
+
+
+def test_throughput_prints_images_per_second_and_both_ratios(monkeypatch, capsys):
+    out = run_main('bench_throughput', ['--backbone', 'tiny', '--image-size', '16', '--batch-size', '8',
+                                        '--num-instances', '300', '--num-negatives', '64', '--rounds', '2',
+                                        '--steps-per-round', '1', '--warmup-steps', '0', '--threads', '1'],
+                 monkeypatch, capsys)
+    assert 'bench_throughput.py --backbone tiny' in out and 'machine:' in out
+    views = {name: table_rows(out, name)[0][1] for name in ('PIC', 'PIC, config head', 'SimCLR', 'MoCoV2')}
+    assert views == {'PIC': '1', 'PIC, config head': '1', 'SimCLR': '2', 'MoCoV2': '2'}
+    assert all(table_rows(out, name)[0][4] == '2' for name in views)
+    for pic in ('PIC', 'PIC, config head'):
+        assert re.search(rf'\n{pic} / SimCLR: \d+\.\d+x images/s \(bound 2\.0x, goal >= 1\.8x: (met|NOT met)\)', out)
+        assert re.search(rf'\n{pic} / MoCoV2: \d+\.\d+x images/s \(bound 1\.33x, goal >= 1\.25x: (met|NOT met)\)',
+                         out)
+
+
+def test_throughput_refuses_a_queue_that_is_not_a_multiple_of_the_batch(monkeypatch, capsys):
+    with pytest.raises(ValueError, match='is not a multiple of --batch-size 48.*use e.g. --num-negatives 65520'):
+        run_main('bench_throughput', ['--batch-size', '48'], monkeypatch, capsys)
