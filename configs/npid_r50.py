@@ -9,7 +9,7 @@ model = dict(
         type='SelfSupDataPreprocessor',
         mean=[123.675, 116.28, 103.53],  # the release's ImageNet normalisation (0.485, 0.456, 0.406) x 255
         std=[58.395, 57.12, 57.375],  # (0.229, 0.224, 0.225) x 255
-        to_rgb=True),
+        to_rgb=False),  # the pipelines below hand over RGB arrays
     # The release trains torchvision's ResNet-50 under DataParallel: default init (no zero-init of the last BN
     # of each block) and BatchNorm statistics per GPU.
     backbone=dict(type='ResNet', depth=50, zero_init_residual=False),
@@ -28,13 +28,17 @@ model = dict(
         placement='device'),  # 'host' keeps the 1.28M x 128 bank (655 MB) in pinned host memory
 )
 
-# Augmentation of the release's main.py: RandomResizedCrop(224, scale=(0.2, 1)), RandomGrayscale(p=0.2),
-# ColorJitter(0.4, 0.4, 0.4, 0.4) always applied, horizontal flip. Images are loaded BGR.
+# The release's main.py transforms, with the same torchvision operations (mmpretrain registers them as
+# 'torchvision/...'; mmcv's own ColorJitter also fails here: its hue shift overflows uint8 under numpy 2):
+# RandomResizedCrop(224, scale=(0.2, 1)), RandomGrayscale(p=0.2), ColorJitter(0.4, 0.4, 0.4, 0.4) always,
+# horizontal flip.
 view_pipeline = [
-    dict(type='RandomResizedCrop', scale=224, crop_ratio_range=(0.2, 1.0), backend='pillow'),
-    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.299)),
-    dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4),
-    dict(type='RandomFlip', prob=0.5),
+    dict(type='NumpyToPIL', to_rgb=True),  # LoadImageFromFile reads BGR
+    dict(type='torchvision/RandomResizedCrop', size=224, scale=(0.2, 1.0)),
+    dict(type='torchvision/RandomGrayscale', p=0.2),
+    dict(type='torchvision/ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4),
+    dict(type='torchvision/RandomHorizontalFlip'),
+    dict(type='PILToNumpy', to_bgr=False),
 ]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -55,8 +59,10 @@ train_dataloader = dict(
 # after the last epoch (1.33M images), and is what tools/knn_eval.py runs on a checkpoint.
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='ResizeEdge', scale=256, edge='short', backend='pillow'),
-    dict(type='CenterCrop', crop_size=224),
+    dict(type='NumpyToPIL', to_rgb=True),
+    dict(type='torchvision/Resize', size=256),
+    dict(type='torchvision/CenterCrop', size=224),
+    dict(type='PILToNumpy', to_bgr=False),
     dict(type='PackInputs'),
 ]
 val_dataloader = dict(

@@ -42,9 +42,10 @@ def test_pic_r50_builds_model_pipeline_and_optimiser(tmp_path):
     pipeline = Compose(cfg.train_pipeline)
     photo = tmp_path / 'astronaut.png'
     Image.fromarray(skimage.data.astronaut()).save(photo)  # a real 512x512 photograph shipped by scikit-image
-    packed = pipeline(dict(img_path=str(photo), sample_idx=17))
-    assert [tuple(view.shape) for view in packed['inputs']] == [(3, 224, 224)]  # one view
-    assert packed['data_samples'].sample_idx == 17
+    for _ in range(20):  # colour jitter (hue included) is drawn anew every time
+        packed = pipeline(dict(img_path=str(photo), sample_idx=17))
+        assert [tuple(view.shape) for view in packed['inputs']] == [(3, 224, 224)]  # one view
+        assert packed['data_samples'].sample_idx == 17
 
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     assert type(optim_wrapper).__name__ == 'LazyCorrectedSGD'

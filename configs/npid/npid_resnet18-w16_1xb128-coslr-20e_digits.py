@@ -1,7 +1,7 @@
 # NPID on the CPU in a few minutes: the PIC tiny config (configs/pic/pic_resnet18-w16_1xb128-coslr-20e_digits.py:
 # the same 16-wide ResNet-18, digits, batch, epochs and lr schedule) with NPID's one-layer linear projection and
 # MemoryBankNCE in place of the MLP and the parametric classifier. `python tools/demo.py --config THIS` compares
-# its weighted kNN with the random network's.
+# its weighted kNN with the random network's (measured: 46.5% -> 83.8% top-1; the PIC tiny config 46.8% -> 67.7%).
 _base_ = [
     '../_base_/datasets/digits_bs128_pic.py',
     '../_base_/default_runtime.py',
@@ -11,8 +11,11 @@ model = dict(
     data_preprocessor=dict(
         type='SelfSupDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3, to_rgb=True),
     backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16, base_channels=16),
-    # NPID projects with one Linear layer (NPID Sec. 4.1), no BatchNorm; the head L2-normalises.
-    neck=dict(type='LinearNeck', in_channels=128, out_channels=128, gap_dim=2, norm_cfg=None),
+    # One Linear layer as NPID (Sec. 4.1), followed by BatchNorm (mmpretrain's LinearNeck default), which NPID's
+    # release does not have. Measured here without it: the random network's projections are nearly collinear
+    # (mean cosine 0.85 within a batch), the bank collapses onto one direction in a few epochs, the loss sits at
+    # log N and the kNN top-1 ends below the random network's (46.5% -> 45.8%). BatchNorm centres the batch.
+    neck=dict(type='LinearNeck', in_channels=128, out_channels=128, gap_dim=2, norm_cfg=dict(type='BN1d')),
     # 1,500 images are few enough for the exact non-parametric softmax (NPID Eq. 2), tau = 0.07, bank momentum
     # 0.5. loss='nce' with num_noise below 1,500 gives the NCE approximation (Eq. 4-8).
     head=dict(type='MemoryBankNCE', num_classes=1500, in_channels=128, loss='softmax', temperature=0.07,

@@ -32,12 +32,15 @@ model = dict(
         proximal_weight=0.),  # off, as in the release
 )
 
-# The release's train transform: RandomResizedCrop(32, scale=(0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.4) always,
-# RandomGrayscale(p=0.2), no flip.
+# The release's train transform, with the same torchvision operations (mmpretrain registers them as
+# 'torchvision/...'; mmcv's own ColorJitter also fails here: its hue shift overflows uint8 under numpy 2):
+# RandomResizedCrop(32, scale=(0.2, 1)), ColorJitter(0.4, 0.4, 0.4, 0.4) always, RandomGrayscale(p=0.2), no flip.
 view_pipeline = [
-    dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.2, 1.0), backend='pillow'),
-    dict(type='ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4),
-    dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.299, 0.587, 0.114)),
+    dict(type='NumpyToPIL', to_rgb=False),  # CIFAR10 arrays are RGB already
+    dict(type='torchvision/RandomResizedCrop', size=32, scale=(0.2, 1.0)),
+    dict(type='torchvision/ColorJitter', brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4),
+    dict(type='torchvision/RandomGrayscale', p=0.2),
+    dict(type='PILToNumpy', to_bgr=False),
 ]
 train_pipeline = [
     dict(type='MultiView', num_views=1, transforms=[view_pipeline]),

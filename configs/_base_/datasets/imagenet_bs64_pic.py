@@ -7,9 +7,14 @@ data_root = 'data/imagenet/'
 view_pipeline = [
     dict(type='RandomResizedCrop', scale=224, crop_ratio_range=(0.08, 1.0), backend='pillow'),
     dict(type='RandomFlip', prob=0.5),
+    # torchvision's ColorJitter (as the release); mmcv's overflows uint8 on a negative hue shift under numpy 2
     dict(
         type='RandomApply',
-        transforms=[dict(type='ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2)],
+        transforms=[
+            dict(type='NumpyToPIL', to_rgb=True),  # the pipeline carries BGR, as LoadImageFromFile reads it
+            dict(type='torchvision/ColorJitter', brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2),
+            dict(type='PILToNumpy', to_bgr=True),
+        ],
         prob=0.8),
     dict(type='RandomGrayscale', prob=0.2, keep_channels=True, channel_weights=(0.114, 0.587, 0.2989)),
     dict(type='GaussianBlur', magnitude_range=(0.1, 2.0), magnitude_std='inf', prob=0.5),

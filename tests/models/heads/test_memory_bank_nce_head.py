@@ -1,0 +1,247 @@
+import importlib
+import math
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from pic_plugin.models.heads import MemoryBankNCE
+
+
+def fixed_noise(head, noise):
+    """Make ``head`` draw ``noise`` ((B, m) indices) in its next step, and return the list of draws."""
+    draws = []
+
+    def draw(batch_size, device):
+        draws.append(noise)
+        return noise
+
+    head._draw_noise = draw
+    return draws
+
+
+def nce_loss_float64(feats, bank, sample_idx, noise, normaliser, temperature):
+    """NPID Eq. 4-7 written out in float64 with the given noise indices (B, m) and normaliser Z."""
+    num_rows, num_noise = bank.shape[0], noise.shape[1]
+    f = F.normalize(feats.double(), dim=1)
+    v = bank.double()
+    p_positive = torch.exp((v[sample_idx] * f).sum(1) / temperature) / normaliser  # Eq. 4, (B,)
+    p_noise = torch.exp(torch.einsum('bkd,bd->bk', v[noise], f) / temperature) / normaliser  # (B, m)
+    noise_mass = num_noise / num_rows  # m P_n
+    h_positive = p_positive / (p_positive + noise_mass)  # Eq. 6
+    h_noise = p_noise / (p_noise + noise_mass)
+    return (-torch.log(h_positive) - torch.log(1 - h_noise).sum(1)).mean()  # Eq. 7
+
+
+def monte_carlo_normaliser(feats, bank, noise, temperature):
+    """NPID Eq. 8: Z = N / m sum_k exp(v_jk^T f / tau), averaged over the batch."""
+    f = F.normalize(feats.double(), dim=1)
+    similarity = torch.einsum('bkd,bd->bk', bank.double()[noise], f)
+    return bank.shape[0] / noise.shape[1] * torch.exp(similarity / temperature).sum(1).mean()
+
+
+def test_softmax_loss_and_gradient_match_eq2_in_float64():
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=50, in_channels=8, loss='softmax', temperature=0.07)
+    bank = head.bank.weight.clone()
+    feats = torch.randn(6, 8, requires_grad=True)
+    sample_idx = torch.tensor([3, 49, 0, 7, 7, 21])
+    loss = head.loss(feats, sample_idx)['loss']
+    reference_feats = feats.detach().double().requires_grad_(True)
+    logits = F.normalize(reference_feats, dim=1) @ bank.double().t() / 0.07
+    reference = -torch.log_softmax(logits, dim=1)[torch.arange(6), sample_idx].mean()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    loss.backward()
+    reference.backward()
+    assert torch.allclose(feats.grad.double(), reference_feats.grad, atol=1e-5)
+
+
+def test_nce_loss_matches_eq4_to_8_with_fixed_noise():
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=40, in_channels=8, loss='nce', num_noise=5, temperature=0.07)
+    bank = head.bank.weight.clone()
+    feats, sample_idx = torch.randn(4, 8), torch.tensor([0, 5, 17, 39])
+    noise = torch.randint(0, 40, (4, 5))
+    fixed_noise(head, noise)
+    loss = head.loss(feats, sample_idx)['loss']
+    normaliser = monte_carlo_normaliser(feats, bank, noise, 0.07)
+    assert head.normaliser.item() == pytest.approx(normaliser.item(), rel=1e-6)
+    reference = nce_loss_float64(feats, bank, sample_idx, noise, normaliser, 0.07)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_normaliser_is_fixed_after_the_first_batch_and_restored_from_the_state_dict():
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5)
+    assert head.normaliser.item() == 0  # not yet estimated
+    head.loss(torch.randn(4, 8), torch.tensor([0, 1, 2, 3]))
+    first = head.normaliser.item()
+    assert first > 0
+    bank = head.bank.weight.clone()
+    feats, sample_idx, noise = 3 * torch.randn(4, 8), torch.tensor([4, 5, 6, 7]), torch.randint(0, 40, (4, 5))
+    fixed_noise(head, noise)
+    loss = head.loss(feats, sample_idx)['loss']
+    assert head.normaliser.item() == first
+    reference = nce_loss_float64(feats, bank, sample_idx, noise, torch.tensor(first, dtype=torch.float64), 0.07)
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+
+    restored = MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5)
+    restored.load_state_dict(head.state_dict())
+    assert restored.normaliser.item() == first
+    restored.loss(torch.randn(4, 8), torch.tensor([8, 9, 10, 11]))
+    assert restored.normaliser.item() == first
+
+
+@pytest.mark.parametrize('bank_momentum', [0.5, 0.0, 0.9])
+def test_bank_update_is_the_normalised_momentum_average_and_first_duplicate_wins(bank_momentum):
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=30, in_channels=6, loss='softmax', bank_momentum=bank_momentum)
+    before = head.bank.weight.clone()
+    feats = torch.randn(5, 6)
+    sample_idx = torch.tensor([4, 9, 4, 0, 29])  # image 4 twice: its first feature is used
+    head.loss(feats, sample_idx)
+    features = F.normalize(feats, dim=1)
+    for position in (0, 1, 3, 4):
+        row = sample_idx[position]
+        expected = F.normalize(bank_momentum * before[row] + (1 - bank_momentum) * features[position], dim=0)
+        assert torch.allclose(head.bank.weight[row], expected, atol=1e-6)
+    untouched = torch.ones(30, dtype=torch.bool)
+    untouched[sample_idx] = False
+    assert torch.equal(head.bank.weight[untouched], before[untouched])
+
+
+def test_bank_rows_stay_unit_norm_and_receive_no_gradient():
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=64, in_channels=8, num_noise=16, proximal_weight=30.)
+    assert list(head.parameters()) == []  # the bank is no parameter: plain OptimWrapper / SGD suffice
+    assert torch.allclose(head.bank.weight.norm(dim=1), torch.ones(64), atol=1e-6)
+    for _ in range(5):
+        feats = (10 * torch.randn(16, 8)).requires_grad_(True)
+        losses = head.loss(feats, torch.randint(0, 64, (16, )))
+        sum(losses.values()).backward()
+        assert feats.grad is not None and feats.grad.abs().sum() > 0
+    assert not head.bank.weight.requires_grad and head.bank.weight.grad is None
+    assert torch.allclose(head.bank.weight.norm(dim=1), torch.ones(64), atol=1e-6)
+
+
+@pytest.mark.parametrize('loss_mode', ['nce', 'softmax'])
+def test_proximal_term_is_lambda_times_squared_distance_to_the_bank_row(loss_mode):
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=30, in_channels=6, loss=loss_mode, num_noise=4, proximal_weight=40.)
+    bank = head.bank.weight.clone()
+    feats, sample_idx = torch.randn(3, 6), torch.tensor([2, 11, 20])
+    losses = head.loss(feats, sample_idx)
+    expected = 40. * (F.normalize(feats, dim=1) - bank[sample_idx]).pow(2).sum(1).mean()  # Eq. 9
+    assert losses['loss_proximal'].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert 'loss_proximal' not in MemoryBankNCE(num_classes=30, in_channels=6, num_noise=4).loss(feats, sample_idx)
+
+
+def test_resume_from_the_state_dict_gives_the_same_next_loss_and_bank():
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=100, in_channels=8, num_noise=20)
+    batches = [(torch.randn(8, 8), torch.randperm(100)[:8]) for _ in range(3)]
+    for feats, sample_idx in batches[:2]:
+        head.loss(feats, sample_idx)
+    torch.manual_seed(123)  # a fresh process: other bank init, other global random state
+    resumed = MemoryBankNCE(num_classes=100, in_channels=8, num_noise=20)
+    resumed.load_state_dict(head.state_dict())
+    assert resumed.num_steps.item() == 2
+    feats, sample_idx = batches[2]
+    assert resumed.loss(feats, sample_idx)['loss'].item() == head.loss(feats, sample_idx)['loss'].item()
+    assert torch.equal(resumed.bank.weight, head.bank.weight)
+
+
+def test_noise_is_uniform_per_step_and_independent_of_the_global_random_state():
+    head = MemoryBankNCE(num_classes=1000, in_channels=4, num_noise=500)
+    torch.manual_seed(1)
+    first = head._draw_noise(4, torch.device('cpu'))
+    global_state = torch.get_rng_state()
+    torch.manual_seed(2)
+    assert torch.equal(head._draw_noise(4, torch.device('cpu')), first)  # same step, same draw
+    torch.manual_seed(1)
+    head.num_steps += 1
+    second = head._draw_noise(4, torch.device('cpu'))
+    assert not torch.equal(second, first)  # another step, another draw
+    assert torch.equal(torch.get_rng_state(), global_state)  # the draws leave the global generator alone
+    counts = torch.bincount(torch.cat([first, second]).flatten(), minlength=1000)
+    assert counts.sum() == 4000 and counts.max() < 20  # spread over the rows (mean 4)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_noise=40), r'num_noise=40 must lie in \[1, num_classes - 1 = 39\].*loss=.softmax.'),
+    (dict(loss='infonce'), r"loss='infonce' is not one of \('nce', 'softmax'\)"),
+    (dict(bank_momentum=1.0), r'bank_momentum=1.0 must lie in \[0, 1\)'),
+    (dict(bank_momentum=-0.1), r'bank_momentum=-0.1 must lie in \[0, 1\)'),
+    (dict(temperature=0.), 'temperature=0.0 must be positive'),
+    (dict(proximal_weight=-1.), 'proximal_weight=-1.0 must be >= 0'),
+])
+def test_bad_arguments_name_the_value_and_the_fix(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MemoryBankNCE(**{**dict(num_classes=40, in_channels=4, num_noise=8), **kwargs})
+
+
+def test_softmax_mode_accepts_any_num_noise_and_a_bad_index_is_refused():
+    head = MemoryBankNCE(num_classes=10, in_channels=4, loss='softmax')
+    with pytest.raises(ValueError, match='sample_idx 10 is out of range for a table of 10 rows'):
+        head.loss(torch.randn(1, 4), torch.tensor([10]))
+
+
+# ---- two processes (gloo on the CPU) -----------------------------------------------------------------------
+WORLD_SIZE = 2
+RANK_BATCHES = {0: [3, 7, 11, 42], 1: [5, 7, 60]}  # image 7 on both ranks; rank 1's last batch is smaller
+
+
+def rank_features(rank):
+    return torch.randn(len(RANK_BATCHES[rank]), 8, generator=torch.Generator().manual_seed(100 + rank))
+
+
+def run_one_distributed_step(rank, port, out_dir):
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=WORLD_SIZE)
+    torch.manual_seed(0)  # the same bank on every rank, as the runner's seed does
+    head = MemoryBankNCE(num_classes=64, in_channels=8, num_noise=16)
+    initial_bank = head.bank.weight.clone()
+    noise = []
+    draw = head._draw_noise
+    head._draw_noise = lambda *args: noise.append(draw(*args)) or noise[-1]
+    loss = head.loss(rank_features(rank), torch.tensor(RANK_BATCHES[rank]))['loss']
+    torch.save(dict(bank=head.bank.weight, initial_bank=initial_bank, noise=noise[0], loss=loss.detach(),
+                    normaliser=head.normaliser), out_dir / f'rank{rank}.pth')
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def test_two_ranks_keep_identical_banks_and_draw_different_noise(tmp_path, monkeypatch):
+    # Spawned processes import the worker by module name; pytest's importlib mode gives this file a name they
+    # cannot import, so the worker is taken from the file imported under its plain name from its folder.
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    worker = importlib.import_module(Path(__file__).stem).run_one_distributed_step
+    mp.spawn(worker, args=(free_port(), tmp_path), nprocs=WORLD_SIZE, join=True)
+    ranks = [torch.load(tmp_path / f'rank{rank}.pth') for rank in range(WORLD_SIZE)]
+    assert torch.equal(ranks[0]['initial_bank'], ranks[1]['initial_bank'])
+    assert torch.equal(ranks[0]['bank'], ranks[1]['bank'])
+    assert ranks[0]['normaliser'].item() == ranks[1]['normaliser'].item() > 0
+    assert not torch.equal(ranks[0]['noise'][:3], ranks[1]['noise'])
+    assert not torch.equal(ranks[0]['loss'], ranks[1]['loss'])
+
+    # Both ranks applied the update of the gathered batch, rank 0's feature of image 7 first.
+    initial_bank, bank = ranks[0]['initial_bank'], ranks[0]['bank']
+    for rank in range(WORLD_SIZE):
+        for row, feature in zip(RANK_BATCHES[rank], F.normalize(rank_features(rank), dim=1)):
+            if rank == 1 and row == 7:
+                continue
+            expected = F.normalize(0.5 * initial_bank[row] + 0.5 * feature, dim=0)
+            assert torch.allclose(bank[row], expected, atol=1e-6)
+    # Z is the mean of the two ranks' estimates of Eq. 8.
+    per_rank = [monte_carlo_normaliser(rank_features(r), initial_bank, ranks[r]['noise'], 0.07) for r in range(2)]
+    assert ranks[0]['normaliser'].item() == pytest.approx(sum(per_rank).item() / 2, rel=1e-6)
+    touched = sorted(set(RANK_BATCHES[0]) | set(RANK_BATCHES[1]))
+    assert math.isclose(float((bank != initial_bank).any(dim=1).sum()), len(touched))
