@@ -1,4 +1,8 @@
-from .hooks import InstanceCountCheckHook, NaNGuardHook, ShardedTableHook
+from .hooks import (ContrastivePriorHook, HardClassHook, InstanceCountCheckHook, NaNGuardHook,
+                    ShardedTableHook)
 from .optimizers import LazyCorrectedSGD, TransitionProducts
 
-__all__ = ['InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook', 'LazyCorrectedSGD', 'TransitionProducts']
+__all__ = [
+    'ContrastivePriorHook', 'HardClassHook', 'InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook',
+    'LazyCorrectedSGD', 'TransitionProducts'
+]

@@ -1,0 +1,29 @@
+"""What the hooks of this package share: finding the model, its instance classifier and its device."""
+import torch
+from mmengine.model import is_model_wrapper
+from torch import nn
+
+
+def unwrapped_model(runner) -> nn.Module:
+    """The runner's model without its (Distributed)DataParallel wrapper."""
+    return runner.model.module if is_model_wrapper(runner.model) else runner.model
+
+
+def instance_head(model: nn.Module, hook_name: str) -> nn.Module:
+    """The model's head that keeps one row per training image in a ``RowTable`` (``head.table``).
+
+    Raises:
+        ValueError: If the model has no such head.
+    """
+    head = getattr(model, 'head', None)
+    if head is None or not isinstance(getattr(head, 'table', None), nn.Module):
+        raise ValueError(f'{hook_name} works on an instance classifier, but the model\'s head is '
+                         f'{type(head).__name__}, which keeps no row table: use it with '
+                         "head=dict(type='InstanceClsHead', ...), or remove it from custom_hooks.")
+    return head
+
+
+def compute_device(model: nn.Module, head: nn.Module) -> torch.device:
+    """The device of the model's parameters (the accelerator when there is one), else the rows' device."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else head.table.weight.device

@@ -1,0 +1,142 @@
+"""ContrastivePriorHook on a real Runner over the digits, and sharded over two gloo processes."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.dataset import default_collate
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset
+
+from conftest import TINY_CONFIG
+from distributed import run_distributed
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+from pic_plugin.engine.hooks import ContrastivePriorHook
+
+NUM_IMAGES, BATCH_SIZE = 40, 16
+BN_STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+@pytest.fixture
+def runner(digits_workspace, tmp_path, monkeypatch):
+    """The tiny PIC config on 40 digits, loaded in order without augmentation, optimiser built."""
+    monkeypatch.chdir(digits_workspace)
+    cfg = Config.fromfile(TINY_CONFIG)
+    cfg.work_dir = str(tmp_path)
+    cfg.train_dataloader.update(batch_size=BATCH_SIZE, num_workers=0, persistent_workers=False)
+    cfg.train_dataloader.dataset.update(
+        indices=NUM_IMAGES, pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
+    cfg.model.head.num_classes = NUM_IMAGES
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    runner = Runner.from_cfg(cfg)
+    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
+    return runner
+
+
+def expected_features(runner) -> torch.Tensor:
+    """Projections of every image by a copy of the model in training mode (BatchNorm on batch statistics)."""
+    model = copy.deepcopy(runner.model).train()
+    loader = Runner.build_dataloader(dict(dataset=runner.train_dataloader.dataset, batch_size=BATCH_SIZE,
+                                          sampler=dict(type='DefaultSampler', shuffle=False),
+                                          collate_fn=dict(type='default_collate')))
+    features = torch.zeros(NUM_IMAGES, 128)
+    with torch.no_grad():
+        for batch in loader:
+            data = model.data_preprocessor(batch, False)
+            labels = torch.tensor([sample.sample_idx for sample in data['data_samples']])
+            features[labels] = model.neck(model.backbone(data['inputs']))[0]
+    return features
+
+
+def test_rows_become_the_features_and_only_batch_norm_statistics_change(runner):
+    model, table = runner.model, runner.model.head.table
+    model.train()
+    model.backbone.layer2.eval()  # a mixed state, restored as it was
+    modes = {name: module.training for name, module in model.named_modules()}
+    optim = runner.optim_wrapper
+    for lr in (0.1, 0.2):
+        optim.transitions.append(lr, 0.9, 1e-4)
+    table.momentum.fill_(1.)
+    before = copy.deepcopy(model.state_dict())
+    features = expected_features(runner)
+
+    ContrastivePriorHook().before_train(runner)
+
+    assert torch.allclose(table.weight, features, atol=1e-5)
+    assert (table.momentum == 0).all() and (table.last_step == optim.num_steps).all()
+    after = model.state_dict()
+    for key, value in before.items():
+        if key.startswith('head.table.'):
+            continue
+        if key.endswith(BN_STATISTICS):
+            assert not torch.equal(after[key], value), f'{key} did not update'
+        else:
+            assert torch.equal(after[key], value), f'{key} changed'
+    assert sum(isinstance(module, _BatchNorm) for module in model.modules()) > 10
+    assert {name: module.training for name, module in model.named_modules()} == modes
+
+
+def test_row_norm_scales_the_normalised_features(runner):
+    features = expected_features(runner)
+    ContrastivePriorHook(row_norm=0.5).before_train(runner)
+    rows = runner.model.head.table.weight
+    assert torch.allclose(rows.norm(dim=1), torch.full((NUM_IMAGES, ), 0.5))
+    assert torch.allclose(rows, F.normalize(features, dim=1) * 0.5, atol=1e-5)
+
+
+def test_a_resumed_run_keeps_the_checkpoint_rows(runner):
+    rows = runner.model.head.table.weight.clone()
+    runner.train_loop._iter = 3
+    ContrastivePriorHook().before_train(runner)
+    assert torch.equal(runner.model.head.table.weight, rows)
+
+
+def test_non_positive_row_norm_is_refused():
+    with pytest.raises(ValueError, match='row_norm=0 must be positive, or None'):
+        ContrastivePriorHook(row_norm=0)
+
+
+class NumberedImages(Dataset):
+    """13 seeded random 16 x 16 images, each packed with its index as ``sample_idx``."""
+
+    def __len__(self) -> int:
+        return 13
+
+    def __getitem__(self, index: int) -> dict:
+        image = torch.randint(0, 256, (3, 16, 16), generator=torch.Generator().manual_seed(index))
+        return dict(inputs=image.to(torch.uint8), data_samples=DataSample(metainfo=dict(sample_idx=index)))
+
+
+def prior_rows(rank: int, world_size: int, sharded: bool):
+    """Rows written by the hook for a model whose features do not depend on the batch (GroupNorm)."""
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='InstanceClassification',
+        data_preprocessor=dict(type='SelfSupDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3),
+        backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8, base_channels=8,
+                      norm_cfg=dict(type='GN', num_groups=4)),
+        neck=dict(type='MoCoV2Neck', in_channels=64, hid_channels=32, out_channels=16),
+        head=dict(type='InstanceClsHead', num_classes=13, in_channels=16, sharded=sharded)))
+    runner = SimpleNamespace(model=model, iter=0, optim_wrapper=None, seed=0, build_dataloader=Runner.build_dataloader,
+                             train_dataloader=DataLoader(NumberedImages(), batch_size=4, collate_fn=default_collate),
+                             logger=MMLogger.get_instance('test_contrastive_prior_hook'))
+    ContrastivePriorHook().before_train(runner)
+    return model.head.table.row_offset, model.head.table.weight
+
+
+def sharded_and_replicated_rows(rank: int, world_size: int):
+    return prior_rows(rank, world_size, sharded=True), prior_rows(rank, world_size, sharded=False)
+
+
+def test_two_processes_write_the_rows_one_process_writes():
+    _, single = prior_rows(0, 1, sharded=False)
+    (sharded_0, replicated_0), (sharded_1, replicated_1) = run_distributed(sharded_and_replicated_rows, 2)
+    # 7 + 6 rows; the sampler deals the images to the ranks in turn, so each writes rows the other projected
+    assert (sharded_0[0], sharded_1[0]) == (0, 7)
+    assert torch.allclose(torch.cat([sharded_0[1], sharded_1[1]]), single, atol=1e-5)
+    assert torch.allclose(replicated_0[1], single, atol=1e-5) and torch.allclose(replicated_1[1], single, atol=1e-5)
