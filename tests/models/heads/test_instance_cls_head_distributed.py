@@ -68,34 +68,32 @@ def test_smoothing_changes_the_loss():
     assert abs(plain.item() - smoothed.item()) > 1e-3
 
 
-def replicated_recent_rank(rank, world_size):
-    """Data-parallel PIC: every rank holds all rows, recent negatives, three LazyCorrectedSGD steps."""
+def recent_mode_steps(world_size, rank=None):
+    """Three LazyCorrectedSGD steps of data-parallel PIC with recent negatives over a global batch.
+
+    With ``rank`` the step sees that rank's share of the batch (every rank holds all rows); without it, one
+    process sees the whole global batch.
+    """
     torch.manual_seed(0)
     head = InstanceClsHead(NUM_CLASSES, DIM, negatives='recent', num_negatives=6)
     wrapper = LazyCorrectedSGD(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9,
                                                weight_decay=0.01))
     wrapper.attach(head)
     generator = torch.Generator().manual_seed(1)
+    share = slice(None) if rank is None else slice(4 * rank, 4 * rank + 4)
     for _ in range(3):
         feats = torch.randn(4 * world_size, DIM, generator=generator)
         sample_idx = torch.randperm(NUM_CLASSES, generator=generator)[:4 * world_size]
-        mine = slice(4 * rank, 4 * rank + 4)
-        wrapper.update_params(head.loss(feats[mine], sample_idx[mine])['loss'])
+        wrapper.update_params(head.loss(feats[share], sample_idx[share])['loss'])
     return head.table.weight.clone(), head.recent_indices.clone()
 
 
+def replicated_recent_rank(rank, world_size):
+    return recent_mode_steps(world_size, rank)
+
+
 def test_replicated_recent_mode_matches_the_single_process_global_batch():
-    world_size = 2
-    torch.manual_seed(0)
-    head = InstanceClsHead(NUM_CLASSES, DIM, negatives='recent', num_negatives=6)
-    wrapper = LazyCorrectedSGD(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9,
-                                               weight_decay=0.01))
-    wrapper.attach(head)
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(3):
-        feats = torch.randn(4 * world_size, DIM, generator=generator)
-        sample_idx = torch.randperm(NUM_CLASSES, generator=generator)[:4 * world_size]
-        wrapper.update_params(head.loss(feats, sample_idx)['loss'])
-    for rank_rows, rank_recent in run_distributed(replicated_recent_rank, world_size):
-        assert torch.allclose(rank_rows, head.table.weight, atol=1e-6)
-        assert torch.equal(rank_recent, head.recent_indices)
+    rows, recent = recent_mode_steps(world_size=2)
+    for rank_rows, rank_recent in run_distributed(replicated_recent_rank, 2):
+        assert torch.allclose(rank_rows, rows, atol=1e-6)
+        assert torch.equal(rank_recent, recent)
