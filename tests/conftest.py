@@ -31,3 +31,32 @@ def run_cli(args, cwd: Path, timeout: int = 600, **extra_env: str) -> subprocess
 def bin_path(name: str) -> str:
     """An executable of the interpreter's environment (e.g. ``mim``)."""
     return str(Path(sys.executable).parent / name)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """An mmengine checkpoint, read as ``--resume`` reads it (torch's default ``weights_only=True``)."""
+    import torch
+
+    import pic_plugin  # noqa: F401  (allow-lists what mmengine checkpoints hold)
+    return torch.load(path)
+
+
+def assert_same_training_state(a, b, where: str = 'checkpoint') -> None:
+    """Two checkpoints (or parts of one) are identical: every tensor, number and name, nested in any way.
+
+    Comparing ``state_dict`` and ``optimizer`` this way covers the weights, every buffer (tables, momentum and
+    last-update steps, NCE's Z, step counters) and the optimiser state (momentum, lazy-correction transitions).
+    """
+    import torch
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same_training_state(a[key], b[key], f'{where}[{key!r}]')
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for position, (item_a, item_b) in enumerate(zip(a, b)):
+            assert_same_training_state(item_a, item_b, f'{where}[{position}]')
+    else:
+        assert a == b, f'{where}: {a!r} != {b!r}'

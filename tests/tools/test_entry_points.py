@@ -3,6 +3,7 @@
 Each run uses the first 256 training images (mmengine's ``indices``), so an epoch is 2 iterations.
 """
 import re
+import shutil
 import sys
 
 import pytest
@@ -51,6 +52,19 @@ def test_head_size_different_from_the_data_set_stops_before_training(digits_work
     assert ('InstanceClsHead has num_classes=1500 rows but the training set has 256 images: '
             'set model.head.num_classes=256') in result.stderr
     assert not list(tmp_path.rglob('*.pth'))
+
+
+def test_a_truncated_image_stops_training_and_names_the_file(digits_workspace, tmp_path):
+    shutil.copytree(digits_workspace / 'data', tmp_path / 'data')
+    broken = sorted((tmp_path / 'data' / 'digits' / 'train').rglob('*.png'))[0]  # among the first training images
+    broken.write_bytes(broken.read_bytes()[:40])  # cut off mid-header, as an interrupted copy leaves it
+    result = run_cli([sys.executable, REPO_ROOT / 'tools' / 'train.py', TINY_CONFIG, '--work-dir', tmp_path / 'work',
+                      '--cfg-options', 'train_dataloader.dataset.indices=64', 'model.head.num_classes=64',
+                      'train_dataloader.batch_size=32'], cwd=tmp_path)  # fails in the first epoch
+    assert result.returncode != 0
+    assert f'failed to load image: data/digits/train/{broken.relative_to(tmp_path / "data" / "digits" / "train")}' \
+        in result.stderr, result.stderr[-3000:]
+    assert not list((tmp_path / 'work').rglob('*.pth'))
 
 
 def test_tools_train_refuses_a_config_without_custom_imports(digits_workspace, tmp_path):

@@ -19,7 +19,7 @@ from mmpretrain.registry import MODELS
 
 import pic_plugin  # noqa: F401  (registers the components; lets torch.load read mmengine checkpoints)
 
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, assert_same_training_state, load_checkpoint, run_cli
 
 NPID_TINY_CONFIG = REPO_ROOT / 'configs' / 'npid' / 'npid_resnet18-w16_1xb128-coslr-20e_digits.py'
 SUBSET = 256
@@ -45,6 +45,27 @@ def test_npid_tiny_config_trains_and_checkpoints_the_bank(digits_workspace, tmp_
     first_epoch_bank = torch.load(work_dir / 'epoch_1.pth', map_location='cpu')['state_dict']
     assert (first_epoch_bank['head.bank.weight'] != bank).any(dim=1).all()  # every image updated its row again
     assert state['head.num_steps'].item() == 4
+
+
+def test_npid_with_nce_resumes_exactly(digits_workspace, tmp_path):
+    """20 NCE steps straight equal 10, a restart from their checkpoint, and 10 more: bank, Z, step count, noise."""
+    options = ['--cfg-options', 'train_dataloader.dataset.indices=160', 'model.head.num_classes=160',
+               'train_dataloader.batch_size=16', 'model.head.loss=nce', 'model.head.num_noise=64',
+               'train_cfg.max_epochs=2', 'default_hooks.checkpoint.interval=1', 'train_cfg.val_interval=100']
+    train = [sys.executable, REPO_ROOT / 'tools' / 'train.py', NPID_TINY_CONFIG]
+    straight = run_cli([*train, '--work-dir', tmp_path / 'straight', *options], cwd=digits_workspace)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    resumed = run_cli([*train, '--work-dir', tmp_path / 'resumed', '--resume', tmp_path / 'straight' / 'epoch_1.pth',
+                       *options], cwd=digits_workspace)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resumed epoch: 1, iter: 10' in resumed.stdout + resumed.stderr
+
+    expected = load_checkpoint(tmp_path / 'straight' / 'epoch_2.pth')
+    got = load_checkpoint(tmp_path / 'resumed' / 'epoch_2.pth')
+    assert int(got['state_dict']['head.num_steps']) == 20
+    assert float(got['state_dict']['head.normaliser']) > 0  # Z was estimated in the first run and carried over
+    for part in ('state_dict', 'optimizer'):
+        assert_same_training_state(expected[part], got[part], part)
 
 
 def test_npid_cifar10_config_runs_a_step_on_cifar_shaped_images():

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import time
 
-import torch
-
-from conftest import REPO_ROOT, run_cli
+from conftest import REPO_ROOT, assert_same_training_state, load_checkpoint, run_cli
 
 CONFIG = REPO_ROOT / 'configs' / 'pic' / 'pic_resnet18-w16_1xb128-sw-recent-coslr-20e_digits.py'
 SUBSET = 256  # 4 iterations of 64 per epoch
@@ -26,23 +24,6 @@ def train(work_dir, epochs, *extra, cwd):
                     '--cfg-options', *OPTIONS, f'train_cfg.max_epochs={epochs}'], cwd=cwd)
 
 
-def load(path):
-    import pic_plugin  # noqa: F401  (allow-lists what mmengine checkpoints hold)
-    return torch.load(path)  # torch's default weights_only=True
-
-
-def assert_same_training_state(a, b):
-    assert a['meta']['iter'] == b['meta']['iter'] and a['meta']['epoch'] == b['meta']['epoch']
-    assert a['state_dict'].keys() == b['state_dict'].keys()
-    for key in a['state_dict']:
-        assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
-    transitions_a = a['optimizer']['lazy_correction']
-    transitions_b = b['optimizer']['lazy_correction']
-    assert transitions_a.keys() == transitions_b.keys()
-    for key in transitions_a:
-        assert torch.equal(torch.as_tensor(transitions_a[key]), torch.as_tensor(transitions_b[key])), key
-
-
 def test_resume_equals_the_uninterrupted_run(digits_workspace, tmp_path):
     straight = train(tmp_path / 'straight', 4, cwd=digits_workspace)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -51,8 +32,11 @@ def test_resume_equals_the_uninterrupted_run(digits_workspace, tmp_path):
     second_half = train(tmp_path / 'resumed', 4, '--resume', cwd=digits_workspace)
     assert second_half.returncode == 0, second_half.stderr[-3000:]
     assert 'resumed epoch: 2, iter: 8' in second_half.stdout + second_half.stderr
-    state = load(tmp_path / 'straight' / 'epoch_4.pth')
-    assert_same_training_state(state, load(tmp_path / 'resumed' / 'epoch_4.pth'))
+    state = load_checkpoint(tmp_path / 'straight' / 'epoch_4.pth')
+    resumed = load_checkpoint(tmp_path / 'resumed' / 'epoch_4.pth')
+    assert (state['meta']['epoch'], state['meta']['iter']) == (resumed['meta']['epoch'], resumed['meta']['iter'])
+    for part in ('state_dict', 'optimizer'):  # optimizer: SGD state and the lazy correction's transitions
+        assert_same_training_state(state[part], resumed[part], part)
     # rows really were skipped for a while and caught up later (0 < last update < the final step 16)
     last_step = state['state_dict']['head.table.last_step']
     assert int(last_step.max()) == 16 and ((last_step > 0) & (last_step < 16)).any()
@@ -70,7 +54,7 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(digits_workspace
     process.send_signal(signal.SIGKILL)  # mid-epoch 3 (or mid-save): no chance to clean up
     process.wait()
     latest = (work_dir / 'last_checkpoint').read_text().strip()
-    load(latest)  # the checkpoint that resume will use is complete
+    load_checkpoint(latest)  # the checkpoint that resume will use is complete
     resumed = train(work_dir, 6, '--resume', cwd=digits_workspace)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (work_dir / 'epoch_6.pth').is_file()

@@ -275,13 +275,13 @@ class RowTable(nn.Module):
                 missing_keys.append(key)
                 continue
             saved = state_dict[key]
-            if saved.shape[1:] != tensor.shape[1:] or saved.shape[0] not in (self.num_rows, tensor.shape[0]):
+            if saved.shape[1:] != tensor.shape[1:] or saved.shape[0] != self.num_rows:
                 error_msgs.append(
                     f'{key}: the checkpoint holds {tuple(saved.shape)} rows but this table has {self.num_rows} '
-                    f'rows of dim {self.dim} ({self.num_local_rows} on this rank of {self.world_size}): the data '
-                    'set size changed since the checkpoint was saved, or it was saved by a sharded run without '
-                    'ShardedTableHook.')
+                    f'rows of dim {self.dim}: the data set size changed since the checkpoint was saved, or a sharded '
+                    'run saved only its own rows (add ShardedTableHook to custom_hooks; it gathers every shard '
+                    'before each checkpoint).')
                 continue
-            if saved.shape[0] == self.num_rows:  # a whole table: take this rank's shard
-                saved = saved[self.row_offset:self.row_offset + self.num_local_rows]
-            tensor.copy_(saved)
+            # the checkpoint holds the whole table (see gather_shards_for_checkpoint): take this rank's shard, so
+            # that a run resumes on any number of ranks
+            tensor.copy_(saved[self.row_offset:self.row_offset + self.num_local_rows])

@@ -110,6 +110,35 @@ def test_a_sharded_table_saves_every_shard_from_rank_0_and_reloads_its_own(world
     assert torch.equal(exported.weight, whole['weight'])
 
 
+def load_on_ranks(rank, world_size, whole):
+    """Load a whole table saved by another number of ranks; return this rank's shard."""
+    table = RowTable(10, 2, sharded=True)
+    table.load_state_dict(whole)
+    return table.row_offset, table.weight.clone(), table.last_step.clone()
+
+
+def save_one_shard(rank, world_size):
+    """What rank 0 would save without ShardedTableHook: its own rows only."""
+    return RowTable(10, 2, sharded=True).state_dict()
+
+
+@pytest.mark.parametrize('new_world_size', [1, 3])
+def test_a_run_saved_on_two_ranks_resumes_on_another_number_of_ranks(new_world_size):
+    whole = run_distributed(sharded_checkpoint_rank, 2)[0][0]
+    shards = run_distributed(load_on_ranks, new_world_size, whole)
+    for offset, weight, last_step in shards:
+        rows = slice(offset, offset + weight.shape[0])
+        assert torch.equal(weight, whole['weight'][rows]) and torch.equal(last_step, whole['last_step'][rows])
+    assert sum(weight.shape[0] for _, weight, _ in shards) == 10
+
+
+def test_a_checkpoint_of_one_shard_is_refused_with_the_fix():
+    shard = run_distributed(save_one_shard, 2)[0]
+    assert shard['weight'].shape == (5, 2)
+    with pytest.raises(RuntimeError, match=r'holds \(5, 2\) rows but this table has 10 rows.*ShardedTableHook'):
+        RowTable(10, 2).load_state_dict(shard)
+
+
 def test_a_table_larger_than_the_host_memory_says_how_much_it_needs(monkeypatch):
     monkeypatch.setattr(row_table_module, 'available_host_memory', lambda: 2**30)
     with pytest.raises(MemoryError, match=r'1,281,167 rows x 128 .* needs 1\.2 GiB .* only 1\.0 GiB .*sharded=True'):
