@@ -1,4 +1,5 @@
+from .inaturalist import INaturalist2018
 from .knn_splits import KNNSplits
 from .samplers import SlidingWindowSampler
 
-__all__ = ['KNNSplits', 'SlidingWindowSampler']
+__all__ = ['INaturalist2018', 'KNNSplits', 'SlidingWindowSampler']

@@ -4,7 +4,7 @@ from a PIC ResNet-50 backbone exported by tools/model_converters/extract_backbon
 The pre-training checkpoint is a stand-in (the paper's ResNet-50 cannot be pre-trained here): an
 ``InstanceClassification`` built from configs/pic_r50.py with random weights, saved as the runner saves one. The
 data sets are a few 64x64 images that this file writes in the layout each host data set class reads (COCO json
-with boxes and polygon masks, VOC xml, Cityscapes and VOC segmentation maps, ImageNet lists). Each run uses the
+with boxes and polygon masks, VOC xml, Cityscapes and VOC segmentation maps, ImageNet lists, iNaturalist json). Each run uses the
 real config, shrunk by ``tiny_run`` to tiny image sizes, two iterations and a learning rate of 0, so that the
 backbone in the trained checkpoint must still hold exactly the exported weights.
 """
@@ -42,6 +42,7 @@ CASES = [
     ('mmdet', 'mmdet/mask-rcnn_r50-fpn_ms-1x_coco.py', [r'coco/bbox_mAP: -?\d', r'coco/segm_mAP: -?\d']),
     ('mmseg', 'mmseg/fcn_r50-d8_4xb2-80k_cityscapes-769x769.py', [r'mIoU: \d']),
     ('mmseg', 'mmseg/fcn_r50-d8_4xb4-20k_voc12aug-512x512.py', [r'mIoU: \d']),
+    ('mmpretrain', 'inat18/resnet50_8xb32-ft-coslr-100e_inat18.py', [r'accuracy/top1: \d', r'accuracy/top5: \d']),
 ]
 
 # Image sizes of each resize / crop transform in a tiny run: (width, height) for mmdet / mmseg, pixels for mmpretrain.
@@ -158,6 +159,20 @@ def write_imagenet(root: Path) -> None:
     (root / 'meta' / 'val.txt').write_text('\n'.join(val_lines) + '\n')
 
 
+def write_inat2018(root: Path) -> None:
+    """data/inat2018: train2018.json / val2018.json (COCO-style, the official files) and train_val2018 images."""
+    categories = [dict(id=0, name='Aves'), dict(id=1, name='Plantae')]
+    for split in ('train2018', 'val2018'):
+        images, annotations = [], []
+        for index in range(NUM_IMAGES):
+            name = f'train_val2018/{categories[index % 2]["name"]}/{index % 2}/{split}_{index}.jpg'
+            shapes_image(root / name, seed=index)
+            images.append(dict(id=index, file_name=name, width=IMAGE_SIZE, height=IMAGE_SIZE))
+            annotations.append(dict(id=index, image_id=index, category_id=index % 2))
+        (root / f'{split}.json').write_text(json.dumps(dict(images=images, annotations=annotations,
+                                                            categories=categories)))
+
+
 # ------------------------------------------------------------------------------------------- pre-trained backbone
 def write_stand_in_pretraining_checkpoint(path: Path) -> int:
     """An mmengine-style checkpoint of configs/pic_r50.py's model (a 64-row head) with random, distinctive weights.
@@ -197,6 +212,7 @@ def workspace(tmp_path_factory) -> Path:
     write_voc_segmentation(root / 'data' / 'VOCdevkit' / 'VOC2012')
     write_cityscapes(root / 'data' / 'cityscapes')
     write_imagenet(root / 'data' / 'imagenet')
+    write_inat2018(root / 'data' / 'inat2018')
     num_backbone_tensors = write_stand_in_pretraining_checkpoint(root / 'pretrain.pth')
     exported = run_cli([sys.executable, REPO_ROOT / 'tools' / 'model_converters' / 'extract_backbone.py',
                         root / 'pretrain.pth', root / EXPORTED], cwd=root)
@@ -240,6 +256,9 @@ def tiny_run(cfg: Config) -> Config:
         cfg.train_cfg.max_epochs = 1  # 4 images, batch 2
         cfg.default_hooks.checkpoint.update(interval=1)
     cfg.default_hooks.logger.interval = 1
+    for hook in cfg.get('custom_hooks', []):
+        if hook.type == 'mmpretrain.BatchSamplerPreciseBNHook':  # after the last iteration, on both batches
+            hook.update(interval=2, num_samples=4)
     cfg.optim_wrapper.optimizer.lr = 0.
     cfg.randomness = dict(seed=0)
     model = cfg.model
@@ -269,6 +288,8 @@ def test_train_two_iterations_and_test_with_mim(package, config, metrics, worksp
     log = trained.stdout + trained.stderr
     assert trained.returncode == 0, log[-4000:]
     assert f'load backbone. in model from: {EXPORTED}' in log, log[-4000:]
+    if any(hook.type == 'mmpretrain.BatchSamplerPreciseBNHook' for hook in cfg.get('custom_hooks', [])):
+        assert 'Finish Precise BN, BN stats updated.' in log, log[-4000:]
     checkpoint = next(work_dir.glob('*_[12].pth'))  # iter_2.pth or epoch_1.pth
 
     import pic_plugin  # noqa: F401  (allow-lists the message hub of runner checkpoints under weights_only=True)
@@ -276,6 +297,8 @@ def test_train_two_iterations_and_test_with_mim(package, config, metrics, worksp
     pretrained = backbone_tensors(exported_backbone, 'backbone.')
     loaded = backbone_tensors(state_dict, 'backbone.')
     loaded.update(backbone_tensors(state_dict, 'roi_head.shared_head.'))  # R50-C4: stage 4 is the box head
+    extra_norm = {key: loaded.pop(key) for key in list(loaded) if key.startswith('norm.')}  # MoCo's BN after res5
+    assert not extra_norm or extra_norm['norm.weight'].shape == (2048, )
     assert sorted(loaded) == sorted(pretrained)  # every pre-trained tensor has its place downstream
     frozen = cfg.model.backbone.get('frozen_stages', -1) == 4  # the linear probe
     # lr 0 leaves the parameters as loaded; BatchNorm statistics move in training unless the stages are frozen

@@ -5,8 +5,11 @@
 # the backbone and in the res5 box head, no frozen stage; input normalised as in pre-training (RGB, ImageNet
 # mean / std). AP is COCO-style (mean over IoU 0.50:0.95) with VOC07's 11-point AP, as detectron2's VOC07
 # evaluator; the log prints pascal_voc/mAP (= AP), pascal_voc/AP50 and pascal_voc/AP75.
-# Not reproduced: detectron2's Res5ROIHeadsExtraNorm (one more BN after res5, mmselfsup's ResLayerExtraNorm)
-# and precise BN statistics before testing.
+# MoCo's Base-RCNN-C4-BN.yaml also has its two BatchNorm details, both from the host packages: the res5 box head
+# is followed by one more (Sync)BN (detectron2's Res5ROIHeadsExtraNorm = mmpretrain's ResLayerExtraNorm, registered
+# in mmdet), and the BN statistics are recomputed on 200 batches of 16 training images after the last iteration
+# (detectron2's TEST.PRECISE_BN = mmpretrain's PreciseBNHook, whose pic_plugin subclass reads the batch size of
+# mmdet's batch sampler), before the final checkpoint is written.
 #
 #   mim train mmdet configs/benchmarks/mmdet/faster-rcnn_r50-c4_ms-24k_voc0712.py --launcher pytorch --gpus 8 \
 #       --cfg-options model.backbone.init_cfg.checkpoint=$BACKBONE \
@@ -15,7 +18,8 @@
 _base_ = 'mmdet::pascal_voc/faster-rcnn_r50-caffe-c4_ms-18k_voc0712.py'
 # torch >= 2.6 loads checkpoints with weights_only=True, which refuses the message hub of every mmengine runner
 # checkpoint (so `mim test` and `--resume` fail); importing pic_plugin registers its exact allow-list.
-custom_imports = dict(imports=['pic_plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['pic_plugin', 'mmpretrain.models.utils.res_layer_extra_norm'],
+                      allow_failed_imports=False)
 
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
@@ -29,6 +33,7 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint='work_dirs/pic_r50_backbone.pth', prefix='backbone.')),
     roi_head=dict(
         shared_head=dict(
+            type='ResLayerExtraNorm',
             norm_cfg=norm_cfg,
             norm_eval=False,
             style='pytorch',
@@ -45,6 +50,10 @@ train_cfg = dict(max_iters=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
     dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[18000, 22000], gamma=0.1),
+]
+# after the last iteration (interval = max_iters) and before CheckpointHook (priority VERY_LOW) saves
+custom_hooks = [
+    dict(type='mmpretrain.BatchSamplerPreciseBNHook', num_samples=200 * 16, interval=max_iters, priority='ABOVE_NORMAL')
 ]
 val_evaluator = dict(iou_thrs=[0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
 test_evaluator = val_evaluator
