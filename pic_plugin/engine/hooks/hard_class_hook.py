@@ -41,9 +41,10 @@ class HardClassHook(Hook):
     ``begin_epoch=1`` there.
 
     The hook also searches at the first epoch of every run that is due to use hard classes (``epoch >=
-    begin_epoch``), resumed runs included: a checkpoint of a sharded run holds rank 0's buffer only, so the
-    resumed ranks recompute theirs rather than trust it. Epoch-based loops only (an iteration-based loop calls
-    ``before_train_epoch`` once).
+    begin_epoch``), resumed runs included: the buffer is not saved in checkpoints (at ImageNet scale it would
+    add 1 GB to each, and mmengine saves rank 0's copy only). Exact resume follows with the paper's
+    ``interval=1``; with a longer interval a resumed run searches once more than an uninterrupted one.
+    Epoch-based loops only (an iteration-based loop calls ``before_train_epoch`` once).
 
     Example::
 

@@ -110,3 +110,9 @@ def test_sample_index_beyond_the_table():
     head = InstanceClsHead(num_classes=10, in_channels=4)
     with pytest.raises(ValueError, match='sample_idx 10 is out of range for a table of 10 rows'):
         head.loss(torch.randn(1, 4), torch.tensor([10]))
+
+
+def test_hard_classes_stay_out_of_checkpoints():
+    head = InstanceClsHead(num_classes=10, in_channels=4, label_smoothing=0.2, num_hard_classes=3)
+    assert head.hard_classes.shape == (10, 3) and (head.hard_classes == -1).all()  # one-hot until HardClassHook
+    assert not any('hard_classes' in key for key in head.state_dict())  # HardClassHook searches again each run
