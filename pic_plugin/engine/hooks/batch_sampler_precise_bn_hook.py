@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 from mmpretrain.engine.hooks import PreciseBNHook
 from mmpretrain.engine.hooks.precise_bn_hook import update_bn_stats
 from mmpretrain.registry import HOOKS
+from .utils import loader_batch_size
 
 
 class _BatchSamplerLoader:
@@ -14,7 +15,7 @@ class _BatchSamplerLoader:
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
-        self.batch_size = loader.batch_size or loader.batch_sampler.batch_size
+        self.batch_size = loader_batch_size(loader)
 
     def __len__(self) -> int:
         return len(self.loader)

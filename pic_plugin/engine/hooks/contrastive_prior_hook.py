@@ -13,8 +13,8 @@ from mmpretrain.registry import HOOKS
 from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
 from pic_plugin.models.selfsup.instance_classification import InstanceClassification
 from pic_plugin.models.utils.distributed_softmax import gather_with_grad
-from pic_plugin.models.utils.row_table import RowTable
-from .utils import compute_device, instance_head, unwrapped_model
+from pic_plugin.models.utils.row_table import RowTable, first_occurrences
+from .utils import compute_device, instance_head, loader_batch_size, unwrapped_model
 
 
 @contextmanager
@@ -116,9 +116,8 @@ class ContrastivePriorHook(Hook):
     def _sequential_loader(self, runner) -> DataLoader:
         """The training set in order, each rank its share, with the training loader's dataset and collate."""
         train_loader = runner.train_dataloader
-        batch_size = train_loader.batch_size or train_loader.batch_sampler.batch_size
         config = dict(dataset=train_loader.dataset, sampler=dict(type='DefaultSampler', shuffle=False),
-                      batch_size=batch_size, num_workers=train_loader.num_workers,
+                      batch_size=loader_batch_size(train_loader), num_workers=train_loader.num_workers,
                       collate_fn=train_loader.collate_fn)
         config.update(self.dataloader)
         return runner.build_dataloader(config, seed=runner.seed)
@@ -136,9 +135,7 @@ class ContrastivePriorHook(Hook):
         owned = (local >= 0) & (local < table.num_local_rows)
         local, features = local[owned], features[owned]
         # the sampler pads every rank to the same length by repeating images: keep each row's first image
-        rows, row_of_image = torch.unique(local, return_inverse=True)
-        first_image = torch.full_like(rows, local.numel()).scatter_reduce_(
-            0, row_of_image, torch.arange(local.numel(), device=local.device), reduce='amin')
+        rows, first_image = first_occurrences(local)
         new = ~written[rows]
         rows, first_image = rows[new], first_image[new]
         written[rows] = True

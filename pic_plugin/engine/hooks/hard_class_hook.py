@@ -11,7 +11,7 @@ from mmpretrain.registry import HOOKS
 from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
 from pic_plugin.models.utils.distributed_softmax import gather_with_grad
 from pic_plugin.models.utils.hard_classes import top_k_similar_rows
-from pic_plugin.models.utils.row_table import RowTable
+from pic_plugin.models.utils.row_table import RowTable, shard_sizes
 from .utils import compute_device, instance_head, unwrapped_model
 
 BUFFER_NAME = 'hard_classes'
@@ -113,7 +113,7 @@ class HardClassHook(Hook):
         if world_size == 1:
             return top_k_similar_rows(rows, self.k, **options).indices
         # replicated on every rank: each searches one block of rows (as if sharded), then all blocks are shared
-        block_offset = rank * (table.num_rows // world_size) + min(rank, table.num_rows % world_size)
+        block_offset = sum(shard_sizes(table.num_rows, world_size)[:rank])
         block = rows.tensor_split(world_size)[rank]  # the same split as a sharded RowTable
         found = top_k_similar_rows(block, self.k, row_offset=block_offset, sharded=True, **options)
         return gather_with_grad(found.indices)  # (N, k), in rank order

@@ -1,8 +1,8 @@
 """Stop before the first step when the instance classifier and the training set disagree in size."""
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mmpretrain.registry import HOOKS
+from .utils import unwrapped_model
 
 
 @HOOKS.register_module()
@@ -17,8 +17,7 @@ class InstanceCountCheckHook(Hook):
     priority = 'VERY_HIGH'
 
     def before_train(self, runner) -> None:
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        head = getattr(model, 'head', None)
+        head = getattr(unwrapped_model(runner), 'head', None)
         num_rows = getattr(head, 'num_classes', None)
         num_images = len(runner.train_dataloader.dataset)
         if num_rows is not None and num_rows != num_images:

@@ -1,7 +1,8 @@
-"""What the hooks of this package share: finding the model, its instance classifier and its device."""
+"""What the hooks of this package share: finding the model, its instance classifier, its device, a batch size."""
 import torch
 from mmengine.model import is_model_wrapper
 from torch import nn
+from torch.utils.data import DataLoader
 
 
 def unwrapped_model(runner) -> nn.Module:
@@ -27,3 +28,8 @@ def compute_device(model: nn.Module, head: nn.Module) -> torch.device:
     """The device of the model's parameters (the accelerator when there is one), else the rows' device."""
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else head.table.weight.device
+
+
+def loader_batch_size(loader: DataLoader) -> int:
+    """Samples per batch of a loader, also when a batch sampler forms the batches (``batch_size`` is None then)."""
+    return loader.batch_size or loader.batch_sampler.batch_size

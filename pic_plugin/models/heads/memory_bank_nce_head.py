@@ -1,15 +1,16 @@
 """NPID's memory-bank head: non-parametric softmax or NCE over a bank of one feature per training image."""
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
-from mmengine.dist import all_gather, all_reduce, get_dist_info
+from mmengine.dist import all_reduce, get_dist_info
 from mmengine.model import BaseModule
 from torch import Tensor
 
 from mmpretrain.registry import MODELS
-from ..utils.row_table import RowTable
+from ..utils.distributed_softmax import gather_with_grad
+from ..utils.row_table import RowTable, first_occurrences
 
 LOSS_MODES = ('nce', 'softmax')
 
@@ -188,37 +189,9 @@ class MemoryBankNCE(BaseModule):
     @torch.no_grad()
     def _update_bank(self, features: Tensor, local_indices: Tensor) -> None:
         """``v_i <- normalise(m_bank v_i + (1 - m_bank) f_i)`` for every image of the batch of all ranks."""
-        features, indices = _gather_from_all_ranks(features, local_indices)  # (G, D), (G,)
-        unique_indices, first = _first_occurrences(indices)  # (U,), (U,)
+        features, indices = gather_with_grad(features), gather_with_grad(local_indices)  # (G, D), (G,)
+        unique_indices, first = first_occurrences(indices)  # (U,), (U,)
         old_rows = self.bank.gather(unique_indices, features.device)  # (U, D)
         new_rows = self.bank_momentum * old_rows + (1 - self.bank_momentum) * features[first]  # (U, D)
         self.bank.write(unique_indices, weight=F.normalize(new_rows, dim=1))
 
-
-def _gather_from_all_ranks(features: Tensor, indices: Tensor) -> Tuple[Tensor, Tensor]:
-    """Concatenate the ``(B_r, D)`` features and ``(B_r,)`` indices of every rank, in rank order.
-
-    Batches may differ in size between ranks (the last batch of an epoch), so they are padded to the largest
-    for the collective and trimmed afterwards.
-    """
-    _, world_size = get_dist_info()
-    if world_size == 1:
-        return features, indices
-    sizes = [int(size) for size in all_gather(torch.tensor([indices.numel()], device=indices.device))]
-    padding = max(sizes) - indices.numel()
-    gathered_features = all_gather(F.pad(features, (0, 0, 0, padding)))  # world_size x (B_max, D)
-    gathered_indices = all_gather(F.pad(indices, (0, padding)))  # world_size x (B_max,)
-    return (torch.cat([rows[:size] for rows, size in zip(gathered_features, sizes)]),
-            torch.cat([rows[:size] for rows, size in zip(gathered_indices, sizes)]))
-
-
-def _first_occurrences(indices: Tensor) -> Tuple[Tensor, Tensor]:
-    """The distinct values of ``indices`` (sorted) and the position of each one's first occurrence.
-
-    Integer min-reduction, so the result is the same on every rank and device (unlike a scatter of
-    duplicates, whose winner is unspecified).
-    """
-    unique_indices, inverse = torch.unique(indices, return_inverse=True)  # (U,), (G,)
-    positions = torch.arange(indices.numel(), device=indices.device)  # (G,)
-    first = torch.full_like(unique_indices, indices.numel()).scatter_reduce_(0, inverse, positions, reduce='amin')
-    return unique_indices, first

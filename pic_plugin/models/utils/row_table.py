@@ -33,6 +33,28 @@ def available_host_memory() -> Optional[int]:
     return None
 
 
+def shard_sizes(num_rows: int, world_size: int) -> List[int]:
+    """Rows of each rank when ``num_rows`` are split evenly over ``world_size`` ranks, in rank order.
+
+    Rank ``r`` owns a contiguous block; the first ``num_rows % world_size`` ranks own one row more (the split of
+    ``torch.tensor_split``).
+    """
+    return [num_rows // world_size + (rank < num_rows % world_size) for rank in range(world_size)]
+
+
+def first_occurrences(indices: Tensor) -> Tuple[Tensor, Tensor]:
+    """The distinct values of ``indices`` (sorted) and the position of each one's first occurrence.
+
+    Integer min-reduction, so the result is the same on every rank and device (unlike a scatter of
+    duplicates, whose winner is unspecified): a row written from a batch that holds its image twice gets the
+    first one.
+    """
+    unique_indices, inverse = torch.unique(indices, return_inverse=True)  # (U,), (G,)
+    positions = torch.arange(indices.numel(), device=indices.device)  # (G,)
+    first = torch.full_like(unique_indices, indices.numel()).scatter_reduce_(0, inverse, positions, reduce='amin')
+    return unique_indices, first
+
+
 class RowBatch(NamedTuple):
     """The rows of one training step, gathered for an optimiser update.
 
@@ -98,11 +120,10 @@ class RowTable(nn.Module):
         self.dim = dim
         self.placement = placement
         self.world_size = world_size if sharded else 1
-        shard_sizes = [num_rows // self.world_size + (r < num_rows % self.world_size)
-                       for r in range(self.world_size)]
+        sizes = shard_sizes(num_rows, self.world_size)
         shard_rank = rank if sharded else 0
-        self.row_offset = sum(shard_sizes[:shard_rank])
-        self.num_local_rows = shard_sizes[shard_rank]
+        self.row_offset = sum(sizes[:shard_rank])
+        self.num_local_rows = sizes[shard_rank]
         self.updater: Optional[RowUpdater] = None
         self.pending: Optional[RowBatch] = None
         # rank 0's copy of every shard, gathered for the next checkpoint (see gather_shards_for_checkpoint)
@@ -252,8 +273,7 @@ class RowTable(nn.Module):
             parts = [torch.empty_like(padded) for _ in range(self.world_size)] if rank == 0 else None
             dist.gather(padded, parts, dst=0)
             if rank == 0:
-                sizes = [self.num_rows // self.world_size + (r < self.num_rows % self.world_size)
-                         for r in range(self.world_size)]
+                sizes = shard_sizes(self.num_rows, self.world_size)
                 gathered[name] = torch.cat([part[:size] for part, size in zip(parts, sizes)]).cpu()
         self.gathered = gathered if rank == 0 else None
 
