@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a process group's rendezvous)."""
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
@@ -43,6 +44,6 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> List[Any]:
     """
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_worker, args=(world_size, _free_port(), inspect.getfile(fn), fn.__name__, args, results),
+        mp.spawn(_worker, args=(world_size, free_port(), inspect.getfile(fn), fn.__name__, args, results),
                  nprocs=world_size, join=True)
         return [results[rank] for rank in range(world_size)]

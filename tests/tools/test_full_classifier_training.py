@@ -5,10 +5,10 @@ The run has the contrastive prior (before the first step only), hard-class smoot
 the sharded table with its momentum, so a resume that lost or misplaced any of them would differ.
 """
 import shutil
-import socket
 import sys
 
 from conftest import REPO_ROOT, assert_same_training_state, load_checkpoint, run_cli
+from distributed import free_port
 
 CONFIG = REPO_ROOT / 'configs' / 'full_classifier' / 'fullcls_resnet18-w16_2xb64-coslr-20e_digits.py'
 SUBSET = 320  # 2 processes x 32 images: 5 iterations per epoch
@@ -17,15 +17,9 @@ OPTIONS = ['--cfg-options', f'train_dataloader.dataset.indices={SUBSET}', f'mode
            'train_cfg.max_epochs=2']
 
 
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return str(sock.getsockname()[1])
-
-
 def dist_train(work_dir, *extra, cwd):
     return run_cli(['bash', REPO_ROOT / 'tools' / 'dist_train.sh', CONFIG, '2', '--work-dir', work_dir, *extra,
-                    *OPTIONS], cwd=cwd, PYTHON=sys.executable, PORT=free_port())
+                    *OPTIONS], cwd=cwd, PYTHON=sys.executable, PORT=str(free_port()))
 
 
 def test_two_process_full_classifier_saves_the_whole_table_and_resumes_exactly(digits_workspace, tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from mmpretrain.registry import MODELS
 
-import pic_plugin  # noqa: F401  (registers the components; lets torch.load read mmengine checkpoints)
+import pic_plugin  # noqa: F401  (registers the components)
 
 from conftest import REPO_ROOT, assert_same_training_state, load_checkpoint, run_cli
 
@@ -38,11 +38,11 @@ def test_npid_tiny_config_trains_and_checkpoints_the_bank(digits_workspace, tmp_
     assert all(0 < loss < float('inf') for loss in losses)
     assert re.search(r'knn/top1: \d+\.\d+', log), log[-3000:]
 
-    state = torch.load(work_dir / 'epoch_2.pth', map_location='cpu')['state_dict']
+    state = load_checkpoint(work_dir / 'epoch_2.pth')['state_dict']
     bank = state['head.bank.weight']
     assert bank.shape == (SUBSET, 128)
     assert torch.allclose(bank.norm(dim=1), torch.ones(SUBSET), atol=1e-5)
-    first_epoch_bank = torch.load(work_dir / 'epoch_1.pth', map_location='cpu')['state_dict']
+    first_epoch_bank = load_checkpoint(work_dir / 'epoch_1.pth')['state_dict']
     assert (first_epoch_bank['head.bank.weight'] != bank).any(dim=1).all()  # every image updated its row again
     assert state['head.num_steps'].item() == 4
 

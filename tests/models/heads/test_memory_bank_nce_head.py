@@ -1,13 +1,10 @@
-import importlib
 import math
-import socket
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+from distributed import run_distributed
 
 from pic_plugin.models.heads import MemoryBankNCE
 
@@ -199,8 +196,7 @@ def rank_features(rank):
     return torch.randn(len(RANK_BATCHES[rank]), 8, generator=torch.Generator().manual_seed(100 + rank))
 
 
-def run_one_distributed_step(rank, port, out_dir):
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=WORLD_SIZE)
+def run_one_distributed_step(rank, world_size):
     torch.manual_seed(0)  # the same bank on every rank, as the runner's seed does
     head = MemoryBankNCE(num_classes=64, in_channels=8, num_noise=16)
     initial_bank = head.bank.weight.clone()
@@ -208,24 +204,12 @@ def run_one_distributed_step(rank, port, out_dir):
     draw = head._draw_noise
     head._draw_noise = lambda *args: noise.append(draw(*args)) or noise[-1]
     loss = head.loss(rank_features(rank), torch.tensor(RANK_BATCHES[rank]))['loss']
-    torch.save(dict(bank=head.bank.weight, initial_bank=initial_bank, noise=noise[0], loss=loss.detach(),
-                    normaliser=head.normaliser), out_dir / f'rank{rank}.pth')
-    dist.destroy_process_group()
+    return dict(bank=head.bank.weight, initial_bank=initial_bank, noise=noise[0], loss=loss.detach(),
+                normaliser=head.normaliser)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def test_two_ranks_keep_identical_banks_and_draw_different_noise(tmp_path, monkeypatch):
-    # Spawned processes import the worker by module name; pytest's importlib mode gives this file a name they
-    # cannot import, so the worker is taken from the file imported under its plain name from its folder.
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    worker = importlib.import_module(Path(__file__).stem).run_one_distributed_step
-    mp.spawn(worker, args=(free_port(), tmp_path), nprocs=WORLD_SIZE, join=True)
-    ranks = [torch.load(tmp_path / f'rank{rank}.pth') for rank in range(WORLD_SIZE)]
+def test_two_ranks_keep_identical_banks_and_draw_different_noise():
+    ranks = run_distributed(run_one_distributed_step, WORLD_SIZE)
     assert torch.equal(ranks[0]['initial_bank'], ranks[1]['initial_bank'])
     assert torch.equal(ranks[0]['bank'], ranks[1]['bank'])
     assert ranks[0]['normaliser'].item() == ranks[1]['normaliser'].item() > 0
