@@ -60,3 +60,9 @@ def assert_same_training_state(a, b, where: str = 'checkpoint') -> None:
             assert_same_training_state(item_a, item_b, f'{where}[{position}]')
     else:
         assert a == b, f'{where}: {a!r} != {b!r}'
+
+
+def pytest_report_header(config) -> str:
+    """Which CPU kernels ATen runs (set with ATEN_CPU_CAPABILITY; see tools/ci/unit_tests_per_cpu_capability.sh)."""
+    import torch
+    return f'ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}'

@@ -2,14 +2,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from float_bounds import assert_within, cosine_logit_error, cosine_softmax_gradient_bound, cross_entropy_error
 from pic_plugin.engine.optimizers import LazyCorrectedSGD
 from pic_plugin.models.heads import InstanceClsHead
+from pic_plugin.models.utils import RowTable
+
+
+def cosine_logits(feats, rows, temperature):
+    """The logits of PIC Eq. 1: cosine similarities of features and rows over the temperature, ``(B, C)``."""
+    return (F.normalize(feats, dim=1) @ F.normalize(rows, dim=1).t()) / temperature
 
 
 def cosine_softmax_loss(feats, rows, targets, temperature):
     """PIC Eq. 1 written out: cross-entropy of cosine similarities over the given rows."""
-    logits = (F.normalize(feats, dim=1) @ F.normalize(rows, dim=1).t()) / temperature
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(cosine_logits(feats, rows, temperature), targets)
 
 
 def make_wrapper(params, head, lr=0.1, weight_decay=1e-4):
@@ -20,41 +26,61 @@ def make_wrapper(params, head, lr=0.1, weight_decay=1e-4):
 
 def test_full_softmax_loss_and_gradients_match_eq1():
     torch.manual_seed(0)
-    head = InstanceClsHead(num_classes=50, in_channels=8, temperature=0.2)
+    num_classes, dim, temperature = 50, 8, 0.2
+    head = InstanceClsHead(num_classes=num_classes, in_channels=dim, temperature=temperature)
     make_wrapper([torch.nn.Parameter(torch.zeros(1))], head)
-    feats = torch.randn(6, 8, requires_grad=True)
+    feats = torch.randn(6, dim, requires_grad=True)
     sample_idx = torch.tensor([3, 49, 0, 7, 7, 21])
     loss = head.loss(feats, sample_idx)['loss']
     rows = head.table.pending.weight
-    reference_rows = head.table.weight.clone().requires_grad_(True)
-    reference_feats = feats.detach().clone().requires_grad_(True)
-    reference = cosine_softmax_loss(reference_feats, reference_rows, sample_idx, 0.2)
-    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    # Eq. 1 in float64 on the same float32 inputs: the reference has no rounding worth counting, so the head's
+    # float32 results must lie within float32's error bounds of it (tests/float_bounds.py), on any kernel.
+    reference_rows = head.table.weight.double().requires_grad_(True)
+    reference_feats = feats.detach().double().requires_grad_(True)
+    reference = cosine_softmax_loss(reference_feats, reference_rows, sample_idx, temperature)
+    logit_error = cosine_logit_error(dim, temperature)
+    assert_within(loss.detach(), reference.detach(),
+                  cross_entropy_error(logit_error, num_classes, len(sample_idx), reference.item()), 'loss')
     loss.backward()
     reference.backward()
-    assert torch.allclose(feats.grad, reference_feats.grad, atol=1e-7)
-    assert torch.allclose(rows.grad, reference_rows.grad, atol=1e-7)
+    with torch.no_grad():
+        probabilities = cosine_logits(reference_feats, reference_rows, temperature).softmax(dim=1)  # (B, C)
+        targets = F.one_hot(sample_idx, num_classes).double()
+        coefficients = (probabilities + targets) / len(sample_idx)  # (B, C) >= |dL/dlogits|
+        feat_bound = cosine_softmax_gradient_bound(reference_feats, reference_rows, coefficients, temperature,
+                                                   logit_error)
+        row_bound = cosine_softmax_gradient_bound(reference_rows, reference_feats, coefficients.t(), temperature,
+                                                  logit_error)
+    assert_within(feats.grad, reference_feats.grad, feat_bound, 'feature gradient')
+    assert_within(rows.grad, reference_rows.grad, row_bound, 'row gradient')
+    assert row_bound.max() < 1e-3 * reference_rows.grad.abs().max()  # the bound still catches a wrong formula
 
 
 def test_full_mode_trained_by_lazy_sgd_equals_a_dense_parameter_trained_by_torch_sgd():
-    """In the full mode every row is used every step, so the table must follow plain SGD exactly."""
+    """In the full mode every row is used every step, so the table must follow plain SGD exactly.
+
+    Both sides run in float64 (the head's table too), so that the comparison checks the update rule and not
+    float32 rounding: after 5 steps the two differ by float64 rounding (about 1e-16 of the gradients, which
+    stay below 1e2 here), while a wrong rule (a missed weight-decay or momentum term) moves rows by over 1e-3.
+    """
     torch.manual_seed(0)
     num_classes, dim = 40, 8
     head = InstanceClsHead(num_classes=num_classes, in_channels=dim)
+    head.table = RowTable(num_classes, dim, dtype=torch.float64)
     dense_rows = torch.nn.Parameter(head.table.weight.clone())
-    feat_layer = torch.nn.Linear(dim, dim)
-    dense_layer = torch.nn.Linear(dim, dim)
+    feat_layer = torch.nn.Linear(dim, dim).double()
+    dense_layer = torch.nn.Linear(dim, dim).double()
     dense_layer.load_state_dict(feat_layer.state_dict())
     wrapper = make_wrapper(feat_layer.parameters(), head, lr=0.5, weight_decay=0.01)
     dense_optim = torch.optim.SGD([*dense_layer.parameters(), dense_rows], lr=0.5, momentum=0.9, weight_decay=0.01)
     for _ in range(5):
-        inputs, sample_idx = torch.randn(10, dim), torch.randint(0, num_classes, (10, ))
+        inputs, sample_idx = torch.randn(10, dim, dtype=torch.float64), torch.randint(0, num_classes, (10, ))
         wrapper.update_params(head.loss(feat_layer(inputs), sample_idx)['loss'])
         dense_optim.zero_grad()
         cosine_softmax_loss(dense_layer(inputs), dense_rows, sample_idx, 0.2).backward()
         dense_optim.step()
-    assert torch.allclose(head.table.weight, dense_rows.detach(), atol=1e-6)
-    assert torch.allclose(feat_layer.weight, dense_layer.weight, atol=1e-6)
+    torch.testing.assert_close(head.table.weight, dense_rows.detach(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(feat_layer.weight, dense_layer.weight, rtol=0, atol=1e-10)
 
 
 def test_recent_negatives_use_the_batch_and_the_k_most_recent_positives():
@@ -69,9 +95,10 @@ def test_recent_negatives_use_the_batch_and_the_k_most_recent_positives():
         classes = head.table.pending.local_indices
         expected = torch.unique(torch.cat([batch, torch.tensor(seen[-6:], dtype=torch.long)]))
         assert torch.equal(classes, expected)
-        rows = head.table.weight[classes]
-        reference = cosine_softmax_loss(feats, rows, torch.searchsorted(classes, batch), 0.2)
-        assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+        rows = head.table.weight[classes].double()  # Eq. 1 over exactly these rows, in float64
+        reference = cosine_softmax_loss(feats.double(), rows, torch.searchsorted(classes, batch), 0.2).item()
+        assert abs(loss.item() - reference) <= cross_entropy_error(cosine_logit_error(4, 0.2), len(classes),
+                                                                   len(batch), reference)
         head.table.pop_pending()
         seen.extend(batch.tolist())
     # the FIFO now holds the 6 most recent positives

@@ -5,8 +5,38 @@ import torch
 import torch.nn.functional as F
 
 from distributed import run_distributed
-
+from float_bounds import (assert_within, cosine_logit_error, cosine_softmax_gradient_bound, cross_entropy_error,
+                          gamma)
 from pic_plugin.models.heads import MemoryBankNCE
+
+
+def normaliser_rtol(dim, temperature, num_noise, batch_size):
+    """Relative float32 error of Z (Eq. 8): each ``exp`` inherits its logit's error, then a sum and a mean."""
+    return math.expm1(cosine_logit_error(dim, temperature)) + gamma(num_noise + batch_size + 4)
+
+
+def nce_loss_error(dim, temperature, num_noise, batch_size, loss, z_rtol=0.0):
+    """Absolute float32 error of the NCE loss (Eq. 7).
+
+    ``-log h`` and ``-log(1 - h)`` change by at most the change of ``log P`` (their derivatives in ``log P`` lie in
+    [-1, 1]), and ``log P`` errs by the logit's error plus Z's relative error; the 1 + m terms per sample and the
+    batch mean add their own roundings.
+    """
+    log_p_error = cosine_logit_error(dim, temperature) + z_rtol + gamma(4)
+    return (num_noise + 1) * log_p_error + gamma(num_noise + batch_size + 4) * abs(loss)
+
+
+def bank_update_bound(previous, feature, momentum):
+    """float32 error bound of ``normalize(m v + (1 - m) normalize(f))``, with its float64 value.
+
+    Normalising ``f`` errs by ``gamma_{D+2}`` per unit-size element, the average by 3 more roundings of terms of
+    size at most 1; the second normalisation divides those errors by the average's norm and adds its own.
+    """
+    previous, feature = previous.double(), feature.double()
+    average = momentum * previous + (1 - momentum) * F.normalize(feature, dim=-1)
+    dim = average.shape[-1]
+    bound = (gamma(dim + 2) + gamma(3)) / average.norm(dim=-1, keepdim=True) + gamma(dim + 2)
+    return F.normalize(average, dim=-1), bound
 
 
 def fixed_noise(head, noise):
@@ -51,10 +81,14 @@ def test_softmax_loss_and_gradient_match_eq2_in_float64():
     reference_feats = feats.detach().double().requires_grad_(True)
     logits = F.normalize(reference_feats, dim=1) @ bank.double().t() / 0.07
     reference = -torch.log_softmax(logits, dim=1)[torch.arange(6), sample_idx].mean()
-    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    logit_error = cosine_logit_error(8, 0.07)
+    assert_within(loss.detach(), reference.detach(), cross_entropy_error(logit_error, 50, 6, reference.item()), 'loss')
     loss.backward()
     reference.backward()
-    assert torch.allclose(feats.grad.double(), reference_feats.grad, atol=1e-5)
+    with torch.no_grad():
+        coefficients = (logits.softmax(dim=1) + F.one_hot(sample_idx, 50)) / 6  # (B, N) >= |dL/dlogits|
+        bound = cosine_softmax_gradient_bound(reference_feats, bank, coefficients, 0.07, logit_error)
+    assert_within(feats.grad, reference_feats.grad, bound, 'feature gradient')
 
 
 def test_nce_loss_matches_eq4_to_8_with_fixed_noise():
@@ -66,9 +100,10 @@ def test_nce_loss_matches_eq4_to_8_with_fixed_noise():
     fixed_noise(head, noise)
     loss = head.loss(feats, sample_idx)['loss']
     normaliser = monte_carlo_normaliser(feats, bank, noise, 0.07)
-    assert head.normaliser.item() == pytest.approx(normaliser.item(), rel=1e-6)
-    reference = nce_loss_float64(feats, bank, sample_idx, noise, normaliser, 0.07)
-    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    rtol = normaliser_rtol(8, 0.07, num_noise=5, batch_size=4)
+    assert head.normaliser.item() == pytest.approx(normaliser.item(), rel=rtol)
+    reference = nce_loss_float64(feats, bank, sample_idx, noise, normaliser, 0.07).item()
+    assert abs(loss.item() - reference) <= nce_loss_error(8, 0.07, 5, 4, reference, z_rtol=rtol)
 
 
 def test_normaliser_is_fixed_after_the_first_batch_and_restored_from_the_state_dict():
@@ -84,7 +119,7 @@ def test_normaliser_is_fixed_after_the_first_batch_and_restored_from_the_state_d
     loss = head.loss(feats, sample_idx)['loss']
     assert head.normaliser.item() == first
     reference = nce_loss_float64(feats, bank, sample_idx, noise, torch.tensor(first, dtype=torch.float64), 0.07)
-    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert abs(loss.item() - reference.item()) <= nce_loss_error(8, 0.07, 5, 4, reference.item())  # Z is the same
 
     restored = MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5)
     restored.load_state_dict(head.state_dict())
@@ -101,11 +136,10 @@ def test_bank_update_is_the_normalised_momentum_average_and_first_duplicate_wins
     feats = torch.randn(5, 6)
     sample_idx = torch.tensor([4, 9, 4, 0, 29])  # image 4 twice: its first feature is used
     head.loss(feats, sample_idx)
-    features = F.normalize(feats, dim=1)
     for position in (0, 1, 3, 4):
         row = sample_idx[position]
-        expected = F.normalize(bank_momentum * before[row] + (1 - bank_momentum) * features[position], dim=0)
-        assert torch.allclose(head.bank.weight[row], expected, atol=1e-6)
+        expected, bound = bank_update_bound(before[row], feats[position], bank_momentum)
+        assert_within(head.bank.weight[row], expected, bound, f'row {int(row)}')
     untouched = torch.ones(30, dtype=torch.bool)
     untouched[sample_idx] = False
     assert torch.equal(head.bank.weight[untouched], before[untouched])
@@ -115,14 +149,14 @@ def test_bank_rows_stay_unit_norm_and_receive_no_gradient():
     torch.manual_seed(0)
     head = MemoryBankNCE(num_classes=64, in_channels=8, num_noise=16, proximal_weight=30.)
     assert list(head.parameters()) == []  # the bank is no parameter: plain OptimWrapper / SGD suffice
-    assert torch.allclose(head.bank.weight.norm(dim=1), torch.ones(64), atol=1e-6)
+    assert torch.allclose(head.bank.weight.norm(dim=1), torch.ones(64), atol=gamma(8 + 3))  # a normalised row
     for _ in range(5):
         feats = (10 * torch.randn(16, 8)).requires_grad_(True)
         losses = head.loss(feats, torch.randint(0, 64, (16, )))
         sum(losses.values()).backward()
         assert feats.grad is not None and feats.grad.abs().sum() > 0
     assert not head.bank.weight.requires_grad and head.bank.weight.grad is None
-    assert torch.allclose(head.bank.weight.norm(dim=1), torch.ones(64), atol=1e-6)
+    assert torch.allclose(head.bank.weight.norm(dim=1), torch.ones(64), atol=gamma(8 + 3))  # a normalised row
 
 
 @pytest.mark.parametrize('loss_mode', ['nce', 'softmax'])
@@ -132,8 +166,11 @@ def test_proximal_term_is_lambda_times_squared_distance_to_the_bank_row(loss_mod
     bank = head.bank.weight.clone()
     feats, sample_idx = torch.randn(3, 6), torch.tensor([2, 11, 20])
     losses = head.loss(feats, sample_idx)
-    expected = 40. * (F.normalize(feats, dim=1) - bank[sample_idx]).pow(2).sum(1).mean()  # Eq. 9
-    assert losses['loss_proximal'].item() == pytest.approx(expected.item(), rel=1e-6)
+    difference = F.normalize(feats.double(), dim=1) - bank[sample_idx].double()  # (B, D)
+    expected = 40. * difference.pow(2).sum(1).mean().item()  # Eq. 9
+    # each difference of unit-size elements errs by gamma_{D+4}; squaring doubles that relative to |difference|
+    bound = 40. * (2 * difference.abs() * gamma(6 + 4)).sum(1).mean().item() + gamma(6 + 3 + 4) * expected
+    assert abs(losses['loss_proximal'].item() - expected) <= bound
     assert 'loss_proximal' not in MemoryBankNCE(num_classes=30, in_channels=6, num_noise=4).loss(feats, sample_idx)
 
 
@@ -219,13 +256,14 @@ def test_two_ranks_keep_identical_banks_and_draw_different_noise():
     # Both ranks applied the update of the gathered batch, rank 0's feature of image 7 first.
     initial_bank, bank = ranks[0]['initial_bank'], ranks[0]['bank']
     for rank in range(WORLD_SIZE):
-        for row, feature in zip(RANK_BATCHES[rank], F.normalize(rank_features(rank), dim=1)):
+        for row, feature in zip(RANK_BATCHES[rank], rank_features(rank)):
             if rank == 1 and row == 7:
                 continue
-            expected = F.normalize(0.5 * initial_bank[row] + 0.5 * feature, dim=0)
-            assert torch.allclose(bank[row], expected, atol=1e-6)
+            expected, bound = bank_update_bound(initial_bank[row], feature, 0.5)
+            assert_within(bank[row], expected, bound, f'row {row}')
     # Z is the mean of the two ranks' estimates of Eq. 8.
     per_rank = [monte_carlo_normaliser(rank_features(r), initial_bank, ranks[r]['noise'], 0.07) for r in range(2)]
-    assert ranks[0]['normaliser'].item() == pytest.approx(sum(per_rank).item() / 2, rel=1e-6)
+    rtol = normaliser_rtol(8, 0.07, ranks[0]['noise'].shape[1], len(RANK_BATCHES[0])) + gamma(2)
+    assert ranks[0]['normaliser'].item() == pytest.approx(sum(per_rank).item() / 2, rel=rtol)
     touched = sorted(set(RANK_BATCHES[0]) | set(RANK_BATCHES[1]))
     assert math.isclose(float((bank != initial_bank).any(dim=1).sum()), len(touched))
