@@ -2,12 +2,19 @@
 PYTHON := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo
+.PHONY: setup setup-pretrain test demo
+# the whole stack: mmcv with its C++ ops, mmdet, mmseg, mim, the test tools
 setup:
 	bash tools/setup_env.sh
 
+# pre-training, kNN and the linear probe only: nothing is compiled
+setup-pretrain:
+	PIC_PROFILE=pretrain bash tools/setup_env.sh
+
+# the whole suite, then the unit tests again under each CPU kernel family torch can pick here
 test: setup
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+	PYTHON=$(PYTHON) bash tools/ci/unit_tests_per_cpu_capability.sh
 
-demo: setup
+demo: setup-pretrain
 	$(PYTHON) tools/demo.py
