@@ -8,6 +8,7 @@ from typing import Set
 from mmpretrain import registry
 
 from . import datasets, engine, evaluation, models  # noqa: F401  (registers the components)
+from . import visualization  # noqa: F401  (the feature pictures of FeaturePicturesHook)
 from .utils import allow_mmengine_checkpoints, check_custom_imports
 
 __version__ = '0.1.0'

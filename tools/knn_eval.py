@@ -3,9 +3,10 @@
     python tools/knn_eval.py CONFIG CHECKPOINT [--work-dir DIR] [--cfg-options k=v ...] [--launcher pytorch]
 
 Builds the config's ``val_dataloader`` (a ``KNNSplits`` of labelled reference and held-out images) and
-``val_evaluator`` (``WeightedKNN``), loads CHECKPOINT into the model and runs mmengine's validation loop once;
-prints top-1 / top-5. Only the backbone matters for the score; a checkpoint from a run on a subset of the
-training set loads with a warning about the head's size unless ``--cfg-options model.head.num_classes=N``.
+``val_evaluator`` (``WeightedKNN``), loads CHECKPOINT into the model and runs mmengine's validation loop once
+(``EvalProgressHook`` shows the feature extraction's progress); prints top-1 / top-5. Only the backbone matters
+for the score; a checkpoint from a run on a subset of the training set loads with a warning about the head's size
+unless ``--cfg-options model.head.num_classes=N``.
 """
 import argparse
 import os
@@ -32,7 +33,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    """The config with the command line applied, the checkpoint as ``load_from``, and no resuming.
+    """The config with the command line applied, the checkpoint as ``load_from``, no resuming, and progress.
 
     Raises:
         ValueError: If the config has no kNN validation to run.
@@ -46,6 +47,8 @@ def build_config(args: argparse.Namespace) -> Config:
         raise ValueError(f'{args.config} has no {", ".join(missing)}: add the weighted-kNN validation, e.g. '
                          "val_dataloader with dataset=dict(type='KNNSplits', train=..., test=...), "
                          "val_evaluator=dict(type='WeightedKNN', k=200, tau=0.07) and val_cfg=dict().")
+    if not any(hook.get('type') == 'EvalProgressHook' for hook in cfg.get('custom_hooks', [])):
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='EvalProgressHook')]
     cfg.launcher = args.launcher
     cfg.load_from = args.checkpoint
     cfg.resume = False

@@ -13,6 +13,9 @@ default_hooks = dict(
     # calls set_epoch() on the sampler, which SlidingWindowSampler needs to continue its stream
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='VisualizationHook', enable=False),
+    # the kNN features' 2-D map and a retrieval grid at each validation, through the visualizer below; off by
+    # default (a t-SNE of 2,000 points takes seconds): --cfg-options default_hooks.feature_pictures.enable=True
+    feature_pictures=dict(type='FeaturePicturesHook', enable=False),
 )
 # Stop at once, with a clear message, when the head's row count differs from the training set size, and at the
 # first NaN / inf loss (before it reaches a checkpoint); gather a sharded classifier's rows into each checkpoint.
@@ -23,7 +26,13 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )
-vis_backends = [dict(type='LocalVisBackend')]
+# Every scalar and picture (FeaturePicturesHook, tools/visualize_features.py) goes to each backend listed: uncomment
+# TensorBoard (the tensorboard package; `tensorboard --logdir WORK_DIR`) or W&B (`pip install wandb`, `wandb login`).
+vis_backends = [
+    dict(type='LocalVisBackend'),
+    # dict(type='TensorboardVisBackend'),
+    # dict(type='WandbVisBackend', init_kwargs=dict(project='pic_plugin')),
+]
 visualizer = dict(type='UniversalVisualizer', vis_backends=vis_backends)
 log_level = 'INFO'
 load_from = None

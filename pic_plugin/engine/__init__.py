@@ -1,8 +1,8 @@
-from .hooks import (ContrastivePriorHook, HardClassHook, InstanceCountCheckHook, NaNGuardHook,
-                    ShardedTableHook)
+from .hooks import (BatchSamplerPreciseBNHook, ContrastivePriorHook, EvalProgressHook, FeaturePicturesHook,
+                    HardClassHook, InstanceCountCheckHook, NaNGuardHook, ShardedTableHook)
 from .optimizers import LazyCorrectedSGD, TransitionProducts
 
 __all__ = [
-    'ContrastivePriorHook', 'HardClassHook', 'InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook',
-    'LazyCorrectedSGD', 'TransitionProducts'
+    'BatchSamplerPreciseBNHook', 'ContrastivePriorHook', 'EvalProgressHook', 'FeaturePicturesHook', 'HardClassHook',
+    'InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook', 'LazyCorrectedSGD', 'TransitionProducts'
 ]

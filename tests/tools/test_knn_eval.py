@@ -54,6 +54,9 @@ def test_knn_eval_prints_the_accuracy_of_the_checkpoint_weights(digits_workspace
     assert printed, result.stdout[-2000:]
     assert float(printed.group(1)) == pytest.approx(expected, abs=0.005)
     assert float(printed.group(2)) >= float(printed.group(1))
+    # EvalProgressHook: the feature extraction's bar (300 references + 297 held-out images) and its summary
+    assert re.search(r'\] 597/597, [\d.]+ task/s, elapsed: \d+s, ETA: +0s\n', result.stdout), result.stdout[-2000:]
+    assert re.search(r'val pass: 597 images in [\d.]+ s', result.stdout), result.stdout[-2000:]
 
 
 def test_a_config_without_knn_validation_is_refused(tmp_path):
@@ -63,3 +66,13 @@ def test_a_config_without_knn_validation_is_refused(tmp_path):
                               work_dir=None)
     with pytest.raises(ValueError, match=r'has no val_dataloader, val_evaluator: add the weighted-kNN validation'):
         build_config(args)
+
+
+def test_the_progress_hook_is_added_once(tmp_path):
+    config = tmp_path / 'with_hook.py'
+    config.write_text(f"_base_ = ['{NPID_TINY_CONFIG}']\ncustom_hooks = [dict(type='EvalProgressHook')]\n")
+    for path in (NPID_TINY_CONFIG, config):
+        args = argparse.Namespace(config=str(path), checkpoint='x.pth', cfg_options=None, launcher='none',
+                                  work_dir=None)
+        hooks = [hook['type'] for hook in build_config(args).custom_hooks]
+        assert hooks.count('EvalProgressHook') == 1, hooks

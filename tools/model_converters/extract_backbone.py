@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from torch import Tensor
+from torch import Tensor, nn
 
 from mmpretrain.registry import MODELS
 from pic_plugin.utils import allow_mmengine_checkpoints
@@ -102,13 +102,16 @@ def backbone_config(meta: dict, config_path: Optional[Path]) -> Optional[dict]:
 
 
 def verify_backbone(backbone: OrderedDict[str, Tensor], backbone_cfg: dict,
-                    strip_prefix: bool = False) -> None:
+                    strip_prefix: bool = False) -> nn.Module:
     """Build the backbone from its config and load the exported tensors into it.
 
     Args:
         backbone (OrderedDict[str, Tensor]): The exported tensors.
         backbone_cfg (dict): The pre-training config's ``model.backbone``.
         strip_prefix (bool): Whether the keys were written without ``backbone.``. Defaults to False.
+
+    Returns:
+        nn.Module: The backbone, holding the exported tensors.
 
     Raises:
         ValueError: Naming the missing and unexpected keys, or the shape mismatch.
@@ -117,15 +120,31 @@ def verify_backbone(backbone: OrderedDict[str, Tensor], backbone_cfg: dict,
     model = MODELS.build(backbone_cfg)
     state = backbone if strip_prefix else OrderedDict(
         (key[len(BACKBONE_PREFIX):], value) for key, value in backbone.items())
-    fix = 'Pass the config the checkpoint was trained with as --config.'
+    load_exactly(model, state, f'{backbone_cfg["type"]} built from the pre-training config',
+                 'Pass the config the checkpoint was trained with as --config.')
+    print(f'verified: {len(state)} tensors load into {backbone_cfg["type"]} with no missing or unexpected key')
+    return model
+
+
+def load_exactly(model: nn.Module, state: Dict[str, Tensor], model_name: str, fix: str) -> None:
+    """Load ``state`` into ``model``: every key of the model, no other key, every shape as the model's.
+
+    Args:
+        model (nn.Module): The model to fill.
+        state (dict[str, Tensor]): The exported tensors, under the model's key names.
+        model_name (str): What the model is, for the error message.
+        fix (str): What to do when they do not match, for the error message.
+
+    Raises:
+        ValueError: Naming the missing and unexpected keys, or the shape mismatch.
+    """
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        raise ValueError(f'the exported tensors do not fit {backbone_cfg["type"]}: {error}\n{fix}') from error
+        raise ValueError(f'the exported tensors do not fit {model_name}: {error}\n{fix}') from error
     if missing or unexpected:
-        raise ValueError(f'the exported tensors do not match {backbone_cfg["type"]} built from the pre-training '
-                         f'config: missing keys {missing}, unexpected keys {unexpected}. {fix}')
-    print(f'verified: {len(state)} tensors load into {backbone_cfg["type"]} with no missing or unexpected key')
+        raise ValueError(f'the exported tensors do not match {model_name}: missing keys {missing}, unexpected keys '
+                         f'{unexpected}. {fix}')
 
 
 def export_backbone(in_path: Path, out_path: Path, strip_prefix: bool = False,

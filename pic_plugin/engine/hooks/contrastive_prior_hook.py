@@ -4,6 +4,7 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -14,6 +15,7 @@ from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
 from pic_plugin.models.selfsup.instance_classification import InstanceClassification
 from pic_plugin.models.utils.distributed_softmax import gather_with_grad
 from pic_plugin.models.utils.row_table import RowTable, first_occurrences
+from pic_plugin.utils.progress import track_progress
 from .utils import compute_device, instance_head, loader_batch_size, unwrapped_model
 
 
@@ -50,7 +52,8 @@ class ContrastivePriorHook(Hook):
     ``shuffle=False``), through the training pipeline (its augmentation included) and the training batch
     size; the first view of each image is used. The projections (backbone -> neck) are gathered from all
     ranks, and each rank writes the rows it owns (all of them unless the table is sharded), once per image.
-    Rows with optimiser state get zero momentum and ``last_step`` = the optimiser's current step.
+    Rows with optimiser state get zero momentum and ``last_step`` = the optimiser's current step. Rank 0 shows
+    the pass's progress (images of all ranks, rate, ETA) and logs its duration.
 
     It runs only when training starts from iteration 0: a resumed run (``runner.iter > 0`` after the
     checkpoint is loaded) keeps the checkpoint's rows. With ``load_from`` (weights only) it runs, with the
@@ -95,8 +98,12 @@ class ContrastivePriorHook(Hook):
         optimizer_step = runner.optim_wrapper.num_steps if isinstance(runner.optim_wrapper, LazyCorrectedSGD) else 0
         written = torch.zeros(table.num_local_rows, dtype=torch.bool, device=device)
         feature_norms = []
+        loader = self._sequential_loader(runner)
+        world_size = get_world_size()  # every rank reads as many batches, of the same sizes
+        batches = track_progress(loader, len(loader.sampler) * world_size, 'contrastive prior',
+                                 count=lambda batch: len(batch['data_samples']) * world_size)
         with torch.no_grad(), batch_norm_only_in_train_mode(model):
-            for data_batch in self._sequential_loader(runner):
+            for data_batch in batches:
                 data = model.data_preprocessor(data_batch, False)
                 views = data['inputs']
                 images = views[0] if isinstance(views, (list, tuple)) else views  # (B, C, H, W)

@@ -32,7 +32,8 @@ class HardClassHook(Hook):
     multiplied by the weight decay and momentum they missed, so their directions are current), then runs
     :func:`~pic_plugin.models.utils.hard_classes.top_k_similar_rows` on the model's device. A sharded table
     is searched shard against shard (a collective over all ranks); a table replicated on several ranks is
-    split among them and the results gathered, so no rank repeats another's work.
+    split among them and the results gathered, so no rank repeats another's work. Rank 0 shows the search's
+    progress (rate, ETA) and logs its duration.
 
     When to start: the paper computes the top-k "once per training epoch" and does not wait for trained rows.
     With ``ContrastivePriorHook`` the rows hold the random network's features before the first step (Table 2
@@ -106,7 +107,7 @@ class HardClassHook(Hook):
     def _search(self, table: RowTable, device: torch.device) -> Tensor:
         """``(num_local_rows, k)`` global indices of the hard classes of this rank's rows."""
         rows = table.weight.to(device)  # (n, D)
-        options = dict(chunk_size=self.chunk_size, key_block_size=self.key_block_size)
+        options = dict(chunk_size=self.chunk_size, key_block_size=self.key_block_size, progress=True)
         if table.world_size > 1:  # sharded: every rank searches its own rows over all shards
             return top_k_similar_rows(rows, self.k, row_offset=table.row_offset, sharded=True, **options).indices
         rank, world_size = get_dist_info()

@@ -18,7 +18,8 @@ class ShardedTableHook(Hook):
     every rank just before ``CheckpointHook`` (which has a lower priority) writes: after every training epoch
     of an epoch-based checkpoint schedule (the best-checkpoint save after validation reuses it), after each
     iteration that the hook's ``interval``, ``save_begin`` and ``save_last`` make a saving one otherwise.
-    Tables that are not sharded are left alone.
+    Tables that are not sharded are left alone. Rank 0 shows each gather's progress and logs its duration (see
+    :meth:`RowTable.gather_shards_for_checkpoint`).
     """
 
     priority = 'ABOVE_NORMAL'

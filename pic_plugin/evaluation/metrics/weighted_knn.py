@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mmpretrain.registry import METRICS
 
-__all__ = ['WeightedKNN', 'weighted_knn_classify', 'top_classes', 'topk_accuracy']
+__all__ = ['WeightedKNN', 'nearest_neighbours', 'weighted_knn_classify', 'top_classes', 'topk_accuracy']
 
 
 def weighted_knn_classify(train_features: Tensor,
@@ -72,7 +72,7 @@ def weighted_knn_classify(train_features: Tensor,
             test_features[start:start + chunk_size].to(device=device, dtype=torch.float32),
             dim=1)  # (B, D)
         similarity = test_unit @ train_unit.T  # (B, D) x (D, N_train) -> (B, N_train)
-        top_similarity, top_index = _nearest_neighbours(similarity, num_neighbours)  # (B, k)
+        top_similarity, top_index = nearest_neighbours(similarity, num_neighbours)  # (B, k)
         del similarity
         max_similarity = top_similarity.amax(dim=1, keepdim=True)  # (B, 1)
         weights = torch.exp((top_similarity - max_similarity) / tau)  # (B, k), alpha_i / alpha_max
@@ -119,7 +119,7 @@ def topk_accuracy(scores: Tensor, labels: Tensor,
     return tuple(100.0 * int(hits[:, :top].any(dim=1).sum()) / len(labels) for top in topk)
 
 
-def _nearest_neighbours(similarity: Tensor, num_neighbours: int) -> Tuple[Tensor, Tensor]:
+def nearest_neighbours(similarity: Tensor, num_neighbours: int) -> Tuple[Tensor, Tensor]:
     """The ``num_neighbours`` most similar columns of each row (lower index wins a tie).
 
     ``torch.topk`` picks arbitrarily among columns tied at the k-th value (and differently on CPU

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from mmengine.dist import all_gather, broadcast, get_rank
 from torch import Tensor
 
+from pic_plugin.utils.progress import PassProgress
+
 # Block sizes (query rows, key rows) that keep a CPU's score block in cache and a GPU busy.
 DEFAULT_BLOCKS: Dict[str, Tuple[int, int]] = {'cpu': (256, 16384), 'cuda': (4096, 32768)}
 # A block's columns are screened in groups of this many by their maximum (see _RunningTopK).
@@ -154,7 +156,8 @@ def top_k_similar_rows(rows_local: Tensor,
                        key_block_size: Optional[int] = None,
                        row_offset: int = 0,
                        exclude_self: bool = True,
-                       sharded: bool = False) -> SimilarRows:
+                       sharded: bool = False,
+                       progress: bool = False) -> SimilarRows:
     """For every row of ``rows_local``, the ``k`` rows of the whole table with the highest cosine similarity.
 
     These are the hard classes ``N_k(i)`` of the full classifier's label smoothing (Eq. 2-3). The work runs on
@@ -178,6 +181,8 @@ def top_k_similar_rows(rows_local: Tensor,
         row_offset (int): Global index of ``rows_local[0]``. Defaults to 0.
         exclude_self (bool): Leave each row out of its own top-k. Defaults to True.
         sharded (bool): ``rows_local`` is this rank's shard of a table split over all ranks. Defaults to False.
+        progress (bool): Show the search's progress on rank 0 (its rows, counted once per shard searched, with
+            rate and ETA) and log its duration. Defaults to False.
 
     Returns:
         SimilarRows: ``(n, k)`` similarities and global indices, most similar first.
@@ -204,6 +209,10 @@ def top_k_similar_rows(rows_local: Tensor,
     block_width = -(-key_block_size // GROUP_SIZE) * GROUP_SIZE
     buffer = queries.new_empty(min(chunk_size, num_local_rows) * block_width)
     rank = get_rank() if sharded else 0
+    num_searched_shards = sum(size > 0 for _, size in shards)
+    task = 'hard-class search' if num_searched_shards == 1 else (
+        f'hard-class search ({num_searched_shards} shards, rows counted once per shard)')
+    search_progress = PassProgress(num_local_rows * num_searched_shards, task, unit='rows', disable=not progress)
     for shard_rank, (shard_offset, shard_size) in enumerate(shards):
         if shard_size == 0:
             continue
@@ -222,5 +231,7 @@ def top_k_similar_rows(rows_local: Tensor,
                         scores[low - start:high - start, low - key_start:high - key_start].diagonal().fill_(-math.inf)
                 running.add(scores, shard_offset + key_start)
             running.flush()
+            search_progress.update(stop - start)
+    search_progress.finish()
     values, order = values.sort(dim=1, descending=True)
     return SimilarRows(values, indices.gather(1, order))

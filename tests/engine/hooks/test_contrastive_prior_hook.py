@@ -1,5 +1,6 @@
 """ContrastivePriorHook on a real Runner over the digits, and sharded over two gloo processes."""
 import copy
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from conftest import TINY_CONFIG
 from distributed import run_distributed
+from progress_output import captured_progress
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from pic_plugin.engine.hooks import ContrastivePriorHook
@@ -65,8 +67,11 @@ def test_rows_become_the_features_and_only_batch_norm_statistics_change(runner):
     before = copy.deepcopy(model.state_dict())
     features = expected_features(runner)
 
-    ContrastivePriorHook().before_train(runner)
+    with captured_progress() as text:
+        ContrastivePriorHook().before_train(runner)
 
+    assert re.search(rf'\] {NUM_IMAGES}/{NUM_IMAGES}, .*ETA: +0s\n', text.getvalue())  # the progress bar
+    assert f'contrastive prior: {NUM_IMAGES} images in' in text.getvalue()
     assert torch.allclose(table.weight, features, atol=1e-5)
     assert (table.momentum == 0).all() and (table.last_step == optim.num_steps).all()
     after = model.state_dict()
@@ -113,7 +118,7 @@ class NumberedImages(Dataset):
 
 
 def prior_rows(rank: int, world_size: int, sharded: bool):
-    """Rows written by the hook for a model whose features do not depend on the batch (GroupNorm)."""
+    """Rows written by the hook for a model whose features do not depend on the batch (GroupNorm), and its output."""
     torch.manual_seed(0)
     model = MODELS.build(dict(
         type='InstanceClassification',
@@ -125,8 +130,9 @@ def prior_rows(rank: int, world_size: int, sharded: bool):
     runner = SimpleNamespace(model=model, iter=0, optim_wrapper=None, seed=0, build_dataloader=Runner.build_dataloader,
                              train_dataloader=DataLoader(NumberedImages(), batch_size=4, collate_fn=default_collate),
                              logger=MMLogger.get_instance('test_contrastive_prior_hook'))
-    ContrastivePriorHook().before_train(runner)
-    return model.head.table.row_offset, model.head.table.weight
+    with captured_progress() as text:
+        ContrastivePriorHook().before_train(runner)
+    return model.head.table.row_offset, model.head.table.weight, text.getvalue()
 
 
 def sharded_and_replicated_rows(rank: int, world_size: int):
@@ -134,8 +140,13 @@ def sharded_and_replicated_rows(rank: int, world_size: int):
 
 
 def test_two_processes_write_the_rows_one_process_writes():
-    _, single = prior_rows(0, 1, sharded=False)
+    _, single, _ = prior_rows(0, 1, sharded=False)
     (sharded_0, replicated_0), (sharded_1, replicated_1) = run_distributed(sharded_and_replicated_rows, 2)
+    # rank 0 shows the images of both ranks (7 + 7, the sampler pads rank 1 with a repeat); rank 1 shows nothing
+    for output in (sharded_0[2], replicated_0[2]):
+        assert re.search(r'\] 14/14, .*\n', output) and 'contrastive prior: 14 images in' in output
+    for output in (sharded_1[2], replicated_1[2]):
+        assert 'contrastive prior:' not in output and '/14' not in output
     # 7 + 6 rows; the sampler deals the images to the ranks in turn, so each writes rows the other projected
     assert (sharded_0[0], sharded_1[0]) == (0, 7)
     assert torch.allclose(torch.cat([sharded_0[1], sharded_1[1]]), single, atol=1e-5)

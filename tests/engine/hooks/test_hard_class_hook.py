@@ -1,4 +1,5 @@
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,7 @@ from mmengine.logging import MMLogger
 from torch import nn
 
 from distributed import run_distributed
+from progress_output import captured_progress
 from pic_plugin.engine.hooks import HardClassHook
 from pic_plugin.engine.optimizers import LazyCorrectedSGD
 from pic_plugin.models.heads.instance_cls_head import InstanceClsHead
@@ -59,8 +61,11 @@ def test_rows_are_brought_forward_before_their_hard_classes_are_found():
     expected = top_k_similar_rows(current, K).indices
     assert not torch.equal(expected, stale_answer)  # the correction changes the answer
 
-    HardClassHook(k=K).before_train_epoch(fake_runner(head, optim_wrapper=optim))
+    with captured_progress() as text:
+        HardClassHook(k=K).before_train_epoch(fake_runner(head, optim_wrapper=optim))
 
+    assert re.search(rf'\] {NUM_ROWS}/{NUM_ROWS}, .*\n', text.getvalue())  # the progress bar, in rows
+    assert f'hard-class search: {NUM_ROWS} rows in' in text.getvalue()
     assert torch.equal(head.hard_classes, expected)
     assert torch.allclose(head.table.weight, current)
     assert (head.table.last_step == optim.num_steps).all()
@@ -100,19 +105,27 @@ def test_a_model_without_an_instance_classifier_is_refused():
 
 
 def hook_rank(rank: int, world_size: int):
-    """The hard classes a rank finds for a sharded table, then for a table replicated on every rank."""
+    """The hard classes a rank finds for a sharded table, then for a table replicated on every rank; its output."""
     results = []
     for sharded in (True, False):
         head = smoothed_head(sharded=sharded)
-        HardClassHook(k=K, chunk_size=7, key_block_size=9).before_train_epoch(fake_runner(head))
-        results.append((head.table.row_offset, head.hard_classes))
+        runner = fake_runner(head)
+        with captured_progress() as text:
+            HardClassHook(k=K, chunk_size=7, key_block_size=9).before_train_epoch(runner)
+        results.append((head.table.row_offset, head.hard_classes, text.getvalue()))
     return results
 
 
 def test_two_processes_get_the_hard_classes_of_their_rows_sharded_or_replicated():
     (sharded_0, replicated_0), (sharded_1, replicated_1) = run_distributed(hook_rank, 2)
     rows = seeded_rows()
-    for offset, hard_classes in (sharded_0, sharded_1):
+    # rank 0 shows its 20 rows searched against both shards; rank 1 shows nothing
+    for _, _, output in (sharded_0, replicated_0):
+        assert re.search(r'\] 40/40, .*\n', output), output
+        assert 'hard-class search (2 shards, rows counted once per shard): 40 rows in' in output
+    for _, _, output in (sharded_1, replicated_1):
+        assert 'hard-class search (' not in output and '/40' not in output
+    for offset, hard_classes, _ in (sharded_0, sharded_1):
         assert hard_classes.shape == (NUM_ROWS // 2, K)
         assert_hard_classes_of(hard_classes, rows, first_row=offset)
     # each rank searched half of the replicated rows; both hold all of them

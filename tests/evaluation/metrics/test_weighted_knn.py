@@ -91,13 +91,13 @@ def test_chunked_equals_unchunked(chunk_size):
 def test_similarity_matrix_is_at_most_chunk_by_n_train(monkeypatch):
     import pic_plugin.evaluation.metrics.weighted_knn as weighted_knn_module
     shapes = []
-    nearest_neighbours = weighted_knn_module._nearest_neighbours
+    nearest_neighbours = weighted_knn_module.nearest_neighbours
 
     def recording_nearest_neighbours(similarity, num_neighbours):
         shapes.append(tuple(similarity.shape))
         return nearest_neighbours(similarity, num_neighbours)
 
-    monkeypatch.setattr(weighted_knn_module, '_nearest_neighbours', recording_nearest_neighbours)
+    monkeypatch.setattr(weighted_knn_module, 'nearest_neighbours', recording_nearest_neighbours)
     train_features, train_labels, test_features = random_problem(seed=7)
     weighted_knn_classify(train_features, train_labels, test_features, NUM_CLASSES, chunk_size=16)
     assert shapes == [(16, 300), (16, 300), (8, 300)]
