@@ -1,5 +1,7 @@
-"""Stop before the first step when the instance classifier and the training set disagree in size."""
+"""Give the instance classifier one row per training image: size a head built with ``num_classes='auto'``, check
+any other before the first step."""
 from mmengine.hooks import Hook
+from mmengine.runner import BaseLoop
 
 from mmpretrain.registry import HOOKS
 from .utils import unwrapped_model
@@ -7,14 +9,31 @@ from .utils import unwrapped_model
 
 @HOOKS.register_module()
 class InstanceCountCheckHook(Hook):
-    """Checks that the head keeps exactly one row per training image.
+    """Makes the head keep exactly one row per training image.
 
     Instance classification labels an image by its index in the training set, so a head with fewer rows fails
-    on the first image beyond them, and a head with more rows silently trains classes that no image has. This
-    hook raises before training starts instead.
+    on the first image beyond them, and a head with more rows silently trains classes that no image has.
+
+    A head built with ``num_classes='auto'`` (``InstanceClsHead``, ``MemoryBankNCE``) has no rows yet; at
+    ``before_run`` of a training run this hook allocates them for the training set's size and logs that size.
+    That is after the runner has built the training data loader and before it loads or resumes a checkpoint
+    (which holds the rows) or runs the first step. A head with an explicit ``num_classes`` of another size than
+    the training set stops the run before training starts, with the size to set.
     """
 
     priority = 'VERY_HIGH'
+
+    def before_run(self, runner) -> None:
+        head = getattr(unwrapped_model(runner), 'head', None)
+        # train() builds its loop before calling before_run; val() and test() leave it unbuilt and need no rows
+        if (not hasattr(head, 'allocate_rows') or head.num_classes is not None
+                or not isinstance(runner._train_loop, BaseLoop)):
+            return
+        num_images = len(runner.train_dataloader.dataset)
+        head.allocate_rows(num_images)
+        runner.logger.info(f"InstanceCountCheckHook: {num_images} training images, so {type(head).__name__} "
+                           f"(num_classes='auto') gets {num_images} rows (model.head.num_classes={num_images} "
+                           'pins this size).')
 
     def before_train(self, runner) -> None:
         head = getattr(unwrapped_model(runner), 'head', None)
@@ -23,4 +42,5 @@ class InstanceCountCheckHook(Hook):
         if num_rows is not None and num_rows != num_images:
             raise ValueError(
                 f'{type(head).__name__} has num_classes={num_rows} rows but the training set has {num_images} '
-                f'images: set model.head.num_classes={num_images} in the config (one class per image).')
+                f'images: set model.head.num_classes={num_images} in the config (one class per image), or '
+                "num_classes='auto' to follow the training set.")

@@ -1,5 +1,5 @@
 """The parametric instance classifier of PIC and of the full one-million-way classifier."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,8 @@ class InstanceClsHead(BaseModule):
     The rows live in a :class:`RowTable`; those a step uses are gathered, brought to the current step and
     updated by ``LazyCorrectedSGD``.
 
+    ``num_classes='auto'`` builds the head without rows and leaves them to ``allocate_rows``.
+
     Example (plain PyTorch, one process)::
 
         head = InstanceClsHead(num_classes=1000, in_channels=128)
@@ -46,7 +48,8 @@ class InstanceClsHead(BaseModule):
         optim.update_params(loss)
 
     Args:
-        num_classes (int): Number of instance classes: the size of the training set.
+        num_classes (int | str): Number of instance classes: the size of the training set, or ``'auto'`` for
+            the rows to be allocated later by ``allocate_rows``.
         in_channels (int): Length ``D`` of the projected features and of each row. Defaults to 128.
         temperature (float): Temperature ``tau`` of the cosine soft-max. Defaults to 0.2 (PIC Sec. 3.1).
         negatives (str): ``'full'`` (all rows in every step) or ``'recent'`` (recent-negative sampling).
@@ -65,7 +68,7 @@ class InstanceClsHead(BaseModule):
     """
 
     def __init__(self,
-                 num_classes: int,
+                 num_classes: Union[int, str],
                  in_channels: int = 128,
                  temperature: float = 0.2,
                  negatives: str = 'full',
@@ -81,33 +84,56 @@ class InstanceClsHead(BaseModule):
             raise ValueError(f'negatives={negatives!r} is not one of {NEGATIVE_MODES}.')
         if temperature <= 0:
             raise ValueError(f'temperature={temperature} must be positive (PIC uses 0.2).')
-        if negatives == 'recent' and not 0 < num_negatives <= num_classes:
-            raise ValueError(f'num_negatives={num_negatives} must lie in [1, num_classes={num_classes}]: lower it '
-                             "for a small data set, or use negatives='full'.")
+        if negatives == 'recent' and num_negatives < 1:
+            raise ValueError(f'num_negatives={num_negatives} must be positive (PIC uses 65536).')
         if negatives == 'recent' and (sharded or label_smoothing):
             raise ValueError(f"negatives='recent' works with a replicated table and one-hot targets; got "
                              f'sharded={sharded}, label_smoothing={label_smoothing}: use negatives=\'full\' for '
                              'the sharded, smoothed full classifier.')
         if not 0 <= label_smoothing < 1:
             raise ValueError(f'label_smoothing={label_smoothing} must lie in [0, 1) (the paper uses 0.2).')
-        if label_smoothing and not 0 < num_hard_classes < num_classes:
-            raise ValueError(f'num_hard_classes={num_hard_classes} must lie in [1, num_classes - 1]: lower it for '
-                             'a small data set.')
-        self.num_classes = num_classes
         self.temperature = temperature
         self.negatives = negatives
+        self.num_negatives = num_negatives
         self.label_smoothing = label_smoothing
-        self.table = RowTable(num_classes, in_channels, init_std=init_std, placement=placement, sharded=sharded)
+        self.num_hard_classes = num_hard_classes
+        self.table_cfg = dict(dim=in_channels, init_std=init_std, placement=placement, sharded=sharded)
+        self.num_classes: Optional[int] = None
+        self.table: Optional[RowTable] = None
         if negatives == 'recent':
             # FIFO of the most recent positives; -1 marks an empty slot (the start of training).
             self.register_buffer('recent_indices', torch.full((num_negatives, ), -1, dtype=torch.long))
             self.register_buffer('recent_head', torch.zeros((), dtype=torch.long))
-        if label_smoothing:
+        if num_classes != 'auto':
+            self.allocate_rows(num_classes)
+
+    def allocate_rows(self, num_classes: int) -> None:
+        """Create the table of ``num_classes`` rows, one per training image (and their hard classes).
+
+        The constructor calls it for an explicit ``num_classes``; for ``'auto'``, ``InstanceCountCheckHook`` calls
+        it with the training set's size before the run loads or resumes a checkpoint.
+
+        Args:
+            num_classes (int): The size of the training set.
+
+        Raises:
+            ValueError: If ``num_classes`` is not a positive int (``RowTable`` checks it), or too small for
+                ``num_negatives`` / ``num_hard_classes``.
+        """
+        table = RowTable(num_classes, **self.table_cfg)
+        if self.negatives == 'recent' and self.num_negatives > num_classes:
+            raise ValueError(f'num_negatives={self.num_negatives} must lie in [1, num_classes={num_classes}]: lower '
+                             "model.head.num_negatives for a small data set, or use negatives='full'.")
+        if self.label_smoothing and not 0 < self.num_hard_classes < num_classes:
+            raise ValueError(f'num_hard_classes={self.num_hard_classes} must lie in [1, num_classes - 1 = '
+                             f'{num_classes - 1}]: lower model.head.num_hard_classes for a small data set.')
+        self.num_classes, self.table = num_classes, table
+        if self.label_smoothing:
             # global indices of each local row's hard classes, written by HardClassHook; -1 = not known yet.
             # Not in checkpoints: the hook searches again at the first epoch of every run, so a saved copy would
             # only cost space (8 bytes x k per row: 1 GB for ImageNet at k = 100) and, sharded, hold rank 0's.
             self.register_buffer('hard_classes',
-                                 torch.full((self.table.num_local_rows, num_hard_classes), -1, dtype=torch.long),
+                                 torch.full((self.table.num_local_rows, self.num_hard_classes), -1, dtype=torch.long),
                                  persistent=False)
 
     @property
@@ -124,6 +150,9 @@ class InstanceClsHead(BaseModule):
         Returns:
             dict[str, Tensor]: ``{'loss': ...}``, the mean over the global batch when sharded.
         """
+        if self.table is None:
+            raise RuntimeError("num_classes='auto' and no rows yet: InstanceCountCheckHook (in custom_hooks) "
+                               'allocates them before training; outside the runner, call allocate_rows(N) first.')
         sample_idx = sample_idx.to(feats.device).long()
         self.table.check_range(sample_idx)
         self.table.place_on(feats.device)

@@ -1,6 +1,6 @@
 """NPID's memory-bank head: non-parametric softmax or NCE over a bank of one feature per training image."""
 import math
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ class MemoryBankNCE(BaseModule):
     on) the global random state, and a resumed run draws what an uninterrupted one would, since the step
     count is the checkpointed buffer ``num_steps``.
 
+    ``num_classes='auto'`` builds the head without a bank; ``allocate_rows`` then creates it for the training
+    set's size (``InstanceCountCheckHook`` calls it before the run loads or resumes a checkpoint).
+
     Example (plain PyTorch, one process)::
 
         head = MemoryBankNCE(num_classes=50000, in_channels=128, loss='nce', num_noise=4096)
@@ -65,7 +68,8 @@ class MemoryBankNCE(BaseModule):
         optim.step()
 
     Args:
-        num_classes (int): ``N``, the number of bank rows: the size of the training set.
+        num_classes (int | str): ``N``, the number of bank rows: the size of the training set, or ``'auto'`` for
+            the bank to be allocated later by ``allocate_rows``.
         in_channels (int): ``D``, the length of the projected features and of each row. Defaults to 128
             (NPID Sec. 4.2, Table 4).
         loss (str): ``'nce'`` (Eq. 4-8) or ``'softmax'`` (Eq. 2, exact, for data sets small enough to compare
@@ -83,7 +87,7 @@ class MemoryBankNCE(BaseModule):
     """
 
     def __init__(self,
-                 num_classes: int,
+                 num_classes: Union[int, str],
                  in_channels: int = 128,
                  loss: str = 'nce',
                  num_noise: int = 4096,
@@ -97,9 +101,8 @@ class MemoryBankNCE(BaseModule):
         if loss not in LOSS_MODES:
             raise ValueError(f'loss={loss!r} is not one of {LOSS_MODES}: use \'nce\' (NPID Eq. 4-8) or '
                              "'softmax' (the exact Eq. 2).")
-        if loss == 'nce' and not 0 < num_noise < num_classes:
-            raise ValueError(f'num_noise={num_noise} must lie in [1, num_classes - 1 = {num_classes - 1}]: lower '
-                             "it for a small data set, or use loss='softmax', which compares with all rows.")
+        if loss == 'nce' and num_noise < 1:
+            raise ValueError(f'num_noise={num_noise} must be positive (NPID uses 4096).')
         if not 0 <= bank_momentum < 1:
             raise ValueError(f'bank_momentum={bank_momentum} must lie in [0, 1) (NPID uses 0.5): at 1 the bank '
                              'would never learn the features.')
@@ -107,18 +110,38 @@ class MemoryBankNCE(BaseModule):
             raise ValueError(f'temperature={temperature} must be positive (NPID uses 0.07).')
         if proximal_weight < 0:
             raise ValueError(f'proximal_weight={proximal_weight} must be >= 0 (0 turns the proximal term off).')
-        self.num_classes = num_classes
         self.loss_mode = loss
         self.num_noise = num_noise
         self.temperature = temperature
         self.bank_momentum = bank_momentum
         self.proximal_weight = proximal_weight
         self.noise_seed = noise_seed
-        self.bank = RowTable(num_classes, in_channels, init='unit', with_optim_state=False, placement=placement)
+        self.bank_cfg = dict(dim=in_channels, placement=placement)
+        self.num_classes: Optional[int] = None
+        self.bank: Optional[RowTable] = None
         # Z of Eq. 8; 0 until estimated from the first batch.
         self.register_buffer('normaliser', torch.zeros((), dtype=torch.float64))
         self.register_buffer('num_steps', torch.zeros((), dtype=torch.long))
         self._noise_generators: Dict[torch.device, torch.Generator] = {}
+        if num_classes != 'auto':
+            self.allocate_rows(num_classes)
+
+    def allocate_rows(self, num_classes: int) -> None:
+        """Create the bank: a random unit vector for each of the ``num_classes`` training images.
+
+        Args:
+            num_classes (int): The size of the training set.
+
+        Raises:
+            ValueError: If ``num_classes`` is not a positive int (``RowTable`` checks it), or not above
+                ``num_noise`` in the NCE mode.
+        """
+        bank = RowTable(num_classes, init='unit', with_optim_state=False, **self.bank_cfg)
+        if self.loss_mode == 'nce' and self.num_noise >= num_classes:
+            raise ValueError(f'num_noise={self.num_noise} must lie in [1, num_classes - 1 = {num_classes - 1}]: '
+                             "lower model.head.num_noise for a small data set, or use loss='softmax', which "
+                             'compares with all rows.')
+        self.num_classes, self.bank = num_classes, bank
 
     def loss(self, feats: Tensor, sample_idx: Tensor) -> Dict[str, Tensor]:
         """The NPID loss of a batch, then the momentum update of the batch's bank rows.
@@ -130,6 +153,9 @@ class MemoryBankNCE(BaseModule):
         Returns:
             dict[str, Tensor]: ``{'loss': ...}``, plus ``'loss_proximal'`` when ``proximal_weight > 0``.
         """
+        if self.bank is None:
+            raise RuntimeError("num_classes='auto' and no bank yet: InstanceCountCheckHook (in custom_hooks) "
+                               'allocates it before training; outside the runner, call allocate_rows(N) first.')
         local_indices = self.bank.to_local(sample_idx.to(feats.device))  # also checks the range
         self.bank.place_on(feats.device)
         features = F.normalize(feats, dim=1)  # (B, D), f_i

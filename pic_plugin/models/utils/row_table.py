@@ -18,6 +18,8 @@ import torch.distributed as dist
 from mmengine.dist import get_dist_info
 from torch import Tensor, nn
 
+from pic_plugin.utils.progress import track_progress
+
 PLACEMENTS = ('device', 'host')
 
 
@@ -108,9 +110,10 @@ class RowTable(nn.Module):
                  sharded: bool = False,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if num_rows <= 0 or dim <= 0:
-            raise ValueError(f'RowTable needs positive num_rows and dim, got num_rows={num_rows}, dim={dim}: '
-                             'set the head\'s num_classes to the size of the training set.')
+        if not isinstance(num_rows, int) or num_rows <= 0 or dim <= 0:
+            raise ValueError(f'RowTable needs positive num_rows and dim, got num_rows={num_rows!r}, dim={dim}: '
+                             "set the head's num_classes to the size of the training set, or to 'auto' (then "
+                             "InstanceCountCheckHook sets the training set's size before training).")
         if placement not in PLACEMENTS:
             raise ValueError(f'placement={placement!r} is not one of {PLACEMENTS}.')
         if init not in ('normal', 'unit'):
@@ -261,13 +264,19 @@ class RowTable(nn.Module):
         mmengine writes checkpoints from rank 0 only. Call this on all ranks before each save
         (``ShardedTableHook`` does); rank 0's ``state_dict`` then holds all ``num_rows`` rows, and every rank
         takes its own slice back when loading. It costs rank 0 host memory for the whole table, once per save.
+        Rank 0 shows the gather's progress in KiB of the whole table (rate, ETA) and logs its duration.
         """
         if self.world_size == 1:
             return
         rank = dist.get_rank()
         shard_size = self.num_rows // self.world_size + 1  # every shard padded to the largest one
+        storage = self._storage()
+        kibibytes = {name: -(-self.num_rows * tensor.shape[1:].numel() * tensor.element_size() // 1024)
+                     for name, tensor in storage.items()}  # of the whole table, rounded up
         gathered = {}
-        for name, tensor in self._storage().items():
+        task = 'sharded table gather for the checkpoint'
+        for name, tensor in track_progress(storage.items(), sum(kibibytes.values()), task, unit='KiB',
+                                           count=lambda item: kibibytes[item[0]]):
             padded = tensor.new_zeros((shard_size, ) + tensor.shape[1:])
             padded[:tensor.shape[0]] = tensor
             parts = [torch.empty_like(padded) for _ in range(self.world_size)] if rank == 0 else None

@@ -143,3 +143,25 @@ def test_hard_classes_stay_out_of_checkpoints():
     head = InstanceClsHead(num_classes=10, in_channels=4, label_smoothing=0.2, num_hard_classes=3)
     assert head.hard_classes.shape == (10, 3) and (head.hard_classes == -1).all()  # one-hot until HardClassHook
     assert not any('hard_classes' in key for key in head.state_dict())  # HardClassHook searches again each run
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(negatives='recent', num_negatives=11),
+     r'num_negatives=11 must lie in \[1, num_classes=10\]: lower model.head.num_negatives'),
+    (dict(label_smoothing=0.2, num_hard_classes=10),
+     r'num_hard_classes=10 must lie in \[1, num_classes - 1 = 9\]: lower model.head.num_hard_classes'),
+])
+def test_an_auto_sized_head_checks_what_depends_on_the_size_when_it_gets_it(kwargs, match):
+    head = InstanceClsHead(num_classes='auto', in_channels=4, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        head.allocate_rows(10)
+    head.allocate_rows(12)
+    assert head.table.weight.shape == (12, 4)
+    if head.label_smoothing:
+        assert head.hard_classes.shape == (12, 10)  # one-hot until HardClassHook
+
+
+@pytest.mark.parametrize('num_classes', ['Auto', 0, 2.5])
+def test_a_num_classes_that_is_neither_a_size_nor_auto_is_refused(num_classes):
+    with pytest.raises(ValueError, match=f"got num_rows={num_classes!r}, .* or to 'auto'"):
+        InstanceClsHead(num_classes=num_classes, in_channels=4)

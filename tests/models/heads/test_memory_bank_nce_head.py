@@ -224,6 +224,14 @@ def test_softmax_mode_accepts_any_num_noise_and_a_bad_index_is_refused():
         head.loss(torch.randn(1, 4), torch.tensor([10]))
 
 
+def test_an_auto_sized_bank_checks_num_noise_when_it_gets_its_size():
+    head = MemoryBankNCE(num_classes='auto', in_channels=4, num_noise=8)
+    with pytest.raises(ValueError, match=r'num_noise=8 must lie in \[1, num_classes - 1 = 7\]: lower model.head'):
+        head.allocate_rows(8)
+    head.allocate_rows(9)
+    assert head.bank.weight.shape == (9, 4)
+
+
 # ---- two processes (gloo on the CPU) -----------------------------------------------------------------------
 WORLD_SIZE = 2
 RANK_BATCHES = {0: [3, 7, 11, 42], 1: [5, 7, 60]}  # image 7 on both ranks; rank 1's last batch is smaller

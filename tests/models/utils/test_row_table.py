@@ -1,7 +1,10 @@
+import re
+
 import pytest
 import torch
 
 from distributed import run_distributed
+from progress_output import captured_progress
 
 from pic_plugin.models.utils import row_table as row_table_module
 from pic_plugin.models.utils import RowTable
@@ -83,17 +86,19 @@ def test_bad_arguments(kwargs, match):
 
 
 def sharded_checkpoint_rank(rank, world_size):
-    """Each rank fills its shard with its global row numbers, then saves as mmengine does and reloads."""
+    """Each rank fills its shard with its global row numbers, then saves as mmengine does and reloads; its output."""
     table = RowTable(10, 2, sharded=True)
     rows = torch.arange(table.row_offset, table.row_offset + table.num_local_rows, dtype=torch.float32)
     table.weight.copy_(rows[:, None].expand(-1, 2))
     table.last_step.fill_(rank + 1)
-    table.gather_shards_for_checkpoint()  # ShardedTableHook does this on every rank before a save
+    with captured_progress() as text:
+        table.gather_shards_for_checkpoint()  # ShardedTableHook does this on every rank before a save
     saved = [table.state_dict() if rank == 0 else None]  # mmengine writes the checkpoint from rank 0 only
     torch.distributed.broadcast_object_list(saved, src=0)  # on resume every rank reads that file
     restored = RowTable(10, 2, sharded=True)
     restored.load_state_dict(saved[0])
-    return saved[0], torch.equal(restored.weight, table.weight), torch.equal(restored.last_step, table.last_step)
+    return (saved[0], torch.equal(restored.weight, table.weight), torch.equal(restored.last_step, table.last_step),
+            text.getvalue())
 
 
 @pytest.mark.parametrize('world_size', [2, 3])
@@ -104,7 +109,11 @@ def test_a_sharded_table_saves_every_shard_from_rank_0_and_reloads_its_own(world
     shard_sizes = [10 // world_size + (r < 10 % world_size) for r in range(world_size)]
     expected_steps = torch.cat([torch.full((size, ), r + 1) for r, size in enumerate(shard_sizes)])
     assert torch.equal(whole['last_step'], expected_steps)
-    assert all(weight_ok and steps_ok for _, weight_ok, steps_ok in results)
+    assert all(weight_ok and steps_ok for _, weight_ok, steps_ok, _ in results)
+    # rank 0 shows the gather of the whole table's weight, momentum and last_step, 1 KiB each (rounded up)
+    shown = results[0][3]
+    assert re.search(r'\] 3/3, .*\n', shown) and 'sharded table gather for the checkpoint: 3 KiB in' in shown
+    assert all('gather' not in output and '/3' not in output for _, _, _, output in results[1:])
     exported = RowTable(10, 2)  # one process reads the whole table back (export)
     exported.load_state_dict(whole)
     assert torch.equal(exported.weight, whole['weight'])
