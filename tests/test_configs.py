@@ -1,9 +1,6 @@
 """Every config loads, names the host scope and imports the plugin; the ImageNet config builds without data."""
-from pathlib import Path
-
 import pytest
 import skimage.data
-import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose
 from mmengine.optim import build_optim_wrapper

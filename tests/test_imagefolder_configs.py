@@ -56,6 +56,6 @@ def test_the_labelled_variant_evaluates_a_labelled_split_with_the_weighted_knn()
     assert splits.type == 'KNNSplits' and cfg.val_evaluator.type == 'WeightedKNN'
     assert [(split.type, split.data_root, split.data_prefix) for split in (splits.train, splits.test)] == [
         ('CustomDataset', 'data/my_labelled_images/', 'train'), ('CustomDataset', 'data/my_labelled_images/', 'test')]
-    assert [step['type'] for step in splits.test.pipeline] == ['LoadImageFromFile', 'ResizeEdge', 'CenterCrop',
-                                                              'PackInputs']
+    assert [step['type'] for step in splits.test.pipeline] == [
+        'LoadImageFromFile', 'ResizeEdge', 'CenterCrop', 'PackInputs']
     assert cfg.train_dataloader.dataset.type == 'UnlabelledImageFolder' and cfg.model.head.num_classes == 'auto'

@@ -49,6 +49,11 @@ def build_config(args: argparse.Namespace) -> Config:
                          "val_evaluator=dict(type='WeightedKNN', k=200, tau=0.07) and val_cfg=dict().")
     if not any(hook.get('type') == 'EvalProgressHook' for hook in cfg.get('custom_hooks', [])):
         cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='EvalProgressHook')]
+    # mmpretrain's VisualizationHook looks at runner.train_loop after every validation step, even when disabled,
+    # which builds the training loader: without it the evaluation needs no training set (an unlabelled folder
+    # that is elsewhere now, say)
+    cfg.default_hooks = {name: hook for name, hook in (cfg.get('default_hooks') or {}).items()
+                         if name != 'visualization'}
     cfg.launcher = args.launcher
     cfg.load_from = args.checkpoint
     cfg.resume = False

@@ -38,8 +38,9 @@ def history_buffer_statistic(owner: Any, name: str) -> Callable:
     if owner is HistoryBuffer and (name in BUILTIN_STATISTICS or name in HistoryBuffer._statistics_methods):
         return getattr(owner, name)
     raise pickle.UnpicklingError(
-        f'refused getattr({getattr(owner, "__name__", type(owner).__name__)}, {name!r}) in a checkpoint: only the statistics methods of '
-        "mmengine's HistoryBuffer are allowed. The file holds objects that an mmengine checkpoint does not.")
+        f'refused getattr({getattr(owner, "__name__", type(owner).__name__)}, {name!r}) in a checkpoint: only the '
+        "statistics methods of mmengine's HistoryBuffer are allowed. The file holds objects that an mmengine "
+        'checkpoint does not.')
 
 
 def mmengine_checkpoint_globals() -> List[Union[Callable, Tuple[Callable, str]]]:

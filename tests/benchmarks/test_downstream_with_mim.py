@@ -4,9 +4,9 @@ from a PIC ResNet-50 backbone exported by tools/model_converters/extract_backbon
 The pre-training checkpoint is a stand-in (the paper's ResNet-50 cannot be pre-trained here): an
 ``InstanceClassification`` built from configs/pic_r50.py with random weights, saved as the runner saves one. The
 data sets are a few 64x64 images that this file writes in the layout each host data set class reads (COCO json
-with boxes and polygon masks, VOC xml, Cityscapes and VOC segmentation maps, ImageNet lists, iNaturalist json). Each run uses the
-real config, shrunk by ``tiny_run`` to tiny image sizes, two iterations and a learning rate of 0, so that the
-backbone in the trained checkpoint must still hold exactly the exported weights.
+with boxes and polygon masks, VOC xml, Cityscapes and VOC segmentation maps, ImageNet lists, iNaturalist json).
+Each run uses the real config, shrunk by ``tiny_run`` to tiny image sizes, two iterations and a learning rate of 0,
+so that the backbone in the trained checkpoint must still hold exactly the exported weights.
 """
 import json
 import re

@@ -86,8 +86,8 @@ def test_errors_name_value_and_fix(image_folders, tmp_path):
         lazy_mismatch.full_init()
     with pytest.raises(ValueError, match='test must be a dataset config dict or a dataset, got int'):
         KNNSplits(train=folder_config(train_root), test=3)
-    unpacked = KNNSplits(train=folder_config(train_root), test=dict(folder_config(test_root),
-                                                                   pipeline=[dict(type='LoadImageFromFile')]))
+    unpacked = KNNSplits(train=folder_config(train_root),
+                         test=dict(folder_config(test_root), pipeline=[dict(type='LoadImageFromFile')]))
     with pytest.raises(ValueError, match=r"item 0 of the test set is dict without a data sample.*PackInputs"):
         unpacked[6]
 

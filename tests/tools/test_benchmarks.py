@@ -76,10 +76,10 @@ def test_head_step_refuses_a_queue_larger_than_the_table(monkeypatch, capsys):
 
 
 def test_throughput_prints_images_per_second_and_both_ratios(monkeypatch, capsys):
-    out = run_main('bench_throughput', ['--backbone', 'tiny', '--image-size', '16', '--batch-size', '8',
-                                        '--num-instances', '300', '--num-negatives', '64', '--rounds', '2',
-                                        '--steps-per-round', '1', '--warmup-steps', '0', '--threads', '1'],
-                 monkeypatch, capsys)
+    arguments = ['--backbone', 'tiny', '--image-size', '16', '--batch-size', '8', '--num-instances', '300',
+                 '--num-negatives', '64', '--rounds', '2', '--steps-per-round', '1', '--warmup-steps', '0',
+                 '--threads', '1']
+    out = run_main('bench_throughput', arguments, monkeypatch, capsys)
     assert 'bench_throughput.py --backbone tiny' in out and 'machine:' in out
     views = {name: table_rows(out, name)[0][1] for name in ('PIC', 'PIC, config head', 'SimCLR', 'MoCoV2')}
     assert views == {'PIC': '1', 'PIC, config head': '1', 'SimCLR': '2', 'MoCoV2': '2'}

@@ -47,8 +47,10 @@ def test_knn_eval_prints_the_accuracy_of_the_checkpoint_weights(digits_workspace
     torch.save(dict(state_dict=state_dict, meta=dict()), checkpoint)
     expected = knn_top1_in_process(cfg, state_dict)
 
+    # the training set is not needed for the evaluation: point it nowhere
     result = run_cli([sys.executable, REPO_ROOT / 'tools' / 'knn_eval.py', NPID_TINY_CONFIG, checkpoint,
-                      '--work-dir', tmp_path / 'eval', '--cfg-options', *OPTIONS], cwd=digits_workspace)
+                      '--work-dir', tmp_path / 'eval', '--cfg-options', *OPTIONS,
+                      f'train_dataloader.dataset.data_root={tmp_path / "no_training_set"}'], cwd=digits_workspace)
     assert result.returncode == 0, result.stderr[-3000:]
     printed = re.search(r'knn/top1: +(\d+\.\d+)%\n +knn/top5: +(\d+\.\d+)%', result.stdout)
     assert printed, result.stdout[-2000:]

@@ -68,8 +68,9 @@ class HeadStep:
         self.device = torch.device(args.device)
         self.base_lr = 0.03
         self.features = nn.Linear(args.dim, args.dim).to(self.device)
+        # .to() moves the head's buffers (the recent negatives' FIFO); the table places itself (RowTable.place_on)
         self.head = InstanceClsHead(num_classes=num_rows, in_channels=args.dim, negatives=negatives,
-                                    num_negatives=args.num_negatives, placement=args.placement)
+                                    num_negatives=args.num_negatives, placement=args.placement).to(self.device)
         self.optim = LazyCorrectedSGD(torch.optim.SGD(self.features.parameters(), lr=self.base_lr,
                                                       momentum=0.9, weight_decay=1e-4))
         self.optim.attach(self.head)

@@ -66,6 +66,8 @@ class SlidingWindowSampler(Sampler):
             ``ceil(N / world_size)`` samples; otherwise the epoch's last ``N % world_size``
             samples are dropped and every rank gets ``N // world_size`` (mmengine's
             ``DefaultSampler`` would give the ranks unequal counts). Defaults to True.
+        shuffle (bool): Must be True: the window always shuffles. Accepted so that a sampler switched from
+            ``DefaultSampler`` on the command line keeps its ``shuffle=True``. Defaults to True.
     """
 
     def __init__(self,
@@ -73,7 +75,14 @@ class SlidingWindowSampler(Sampler):
                  window_size: int = 131072,
                  stride: int = 16384,
                  seed: Optional[int] = None,
-                 round_up: bool = True) -> None:
+                 round_up: bool = True,
+                 shuffle: bool = True) -> None:
+        if not shuffle:
+            raise ValueError('SlidingWindowSampler got shuffle=False, but the window always shuffles (PIC Sec. 2.2): '
+                             'remove shuffle from train_dataloader.sampler, or use DefaultSampler for a fixed order. '
+                             'Switching from the command line: --cfg-options '
+                             'train_dataloader.sampler.type=SlidingWindowSampler '
+                             'train_dataloader.sampler.window_size=W train_dataloader.sampler.stride=S')
         num_instances = len(dataset)
         self._check_window(window_size, stride, num_instances)
         if seed is None:

@@ -220,4 +220,3 @@ class MemoryBankNCE(BaseModule):
         old_rows = self.bank.gather(unique_indices, features.device)  # (U, D)
         new_rows = self.bank_momentum * old_rows + (1 - self.bank_momentum) * features[first]  # (U, D)
         self.bank.write(unique_indices, weight=F.normalize(new_rows, dim=1))
-

@@ -13,8 +13,6 @@ The backbone is data-parallel, the classifier is model-parallel: rank ``r`` hold
 With one process (or no process group) both functions reduce to the ordinary single-process computation, so
 every head uses this one path.
 """
-from typing import Tuple
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -127,4 +125,3 @@ def spread_over_ranks(values: Tensor, owned: Tensor) -> Tensor:
     if _is_distributed():
         dist.all_reduce(spread)
     return spread
-

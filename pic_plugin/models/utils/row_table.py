@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from pic_plugin.utils.progress import track_progress
 
 PLACEMENTS = ('device', 'host')
+# Rows drawn from one seed at initialisation: the unit that makes the draw independent of the sharding.
+INIT_BLOCK_ROWS = 4096
 
 
 def available_host_memory() -> Optional[int]:
@@ -57,6 +59,32 @@ def first_occurrences(indices: Tensor) -> Tuple[Tensor, Tensor]:
     return unique_indices, first
 
 
+def fill_standard_normal_rows(rows: Tensor, first_row: int, seed: int) -> Tensor:
+    """Fill ``rows`` with rows ``[first_row, first_row + len(rows))`` of one N(0, 1) draw of a whole table.
+
+    The table is drawn in blocks of ``INIT_BLOCK_ROWS`` rows, block ``b`` from a generator seeded with
+    ``seed + b``, so every rank produces exactly its own slice of the same draw: a table sharded over any number
+    of ranks starts as the unsharded one does, and no two shards share a row (as they would if every rank drew
+    its shard from the same seed). Only one block is held besides ``rows``.
+
+    Args:
+        rows (Tensor): ``(R, D)`` host tensor to fill, in its own dtype.
+        first_row (int): Global index of ``rows[0]``.
+        seed (int): Seed of the whole draw, the same on every rank.
+
+    Returns:
+        Tensor: ``rows``.
+    """
+    num_rows = rows.shape[0]
+    for block in range(first_row // INIT_BLOCK_ROWS, -(-(first_row + num_rows) // INIT_BLOCK_ROWS)):
+        block_start = block * INIT_BLOCK_ROWS
+        values = torch.randn(INIT_BLOCK_ROWS, rows.shape[1], dtype=rows.dtype,
+                             generator=torch.Generator().manual_seed(seed + block))  # (INIT_BLOCK_ROWS, D)
+        low, high = max(first_row, block_start), min(first_row + num_rows, block_start + INIT_BLOCK_ROWS)
+        rows[low - first_row:high - first_row] = values[low - block_start:high - block_start]
+    return rows
+
+
 class RowBatch(NamedTuple):
     """The rows of one training step, gathered for an optimiser update.
 
@@ -87,7 +115,9 @@ class RowTable(nn.Module):
         dim (int): Length of one row.
         init (str): ``'normal'`` draws every entry from N(0, ``init_std``^2), as the PIC release does (rows of
             norm about ``0.01 * sqrt(dim)``: small rows turn fast under a cosine loss, see REFERENCE-NOTES);
-            ``'unit'`` draws random unit vectors, as NPID initialises its memory bank. Defaults to 'normal'.
+            ``'unit'`` draws random unit vectors, as NPID initialises its memory bank. Either is one draw over
+            all ``num_rows`` rows whatever the number of ranks (see :func:`fill_standard_normal_rows`), seeded
+            from torch's global generator (the runner's ``randomness.seed``). Defaults to 'normal'.
         init_std (float): Standard deviation of the ``'normal'`` init. Defaults to 0.01.
         with_optim_state (bool): Keep each row's SGD momentum and the optimiser step of its last update, for
             rows trained by ``LazyCorrectedSGD``. Defaults to True.
@@ -135,10 +165,12 @@ class RowTable(nn.Module):
         pin = placement == 'host' and torch.cuda.is_available()
         self._check_host_memory(dtype, with_optim_state)
         self.weight = self._allocate((self.num_local_rows, dim), dtype, pin)
+        seed = int(torch.randint(2**62, ()))  # alike on all ranks, as the runner seeds them (diff_rank_seed=False)
+        fill_standard_normal_rows(self.weight, self.row_offset, seed)
         if init == 'normal':
-            self.weight.normal_(0, init_std)
+            self.weight.mul_(init_std)
         else:
-            self.weight.copy_(nn.functional.normalize(torch.randn_like(self.weight), dim=1))
+            self.weight.copy_(nn.functional.normalize(self.weight, dim=1))
         self.momentum: Optional[Tensor] = None
         self.last_step: Optional[Tensor] = None
         if with_optim_state:

@@ -236,3 +236,19 @@ def test_imagenet_scale_epoch_from_registry():
     indices = np.array(list(sampler))
     assert len(indices) == len(sampler) == num_instances
     assert indices.min() >= 0 and indices.max() < num_instances
+
+
+def test_a_sampler_switched_from_default_sampler_on_the_command_line_keeps_shuffle_true():
+    from mmengine.config import Config
+    cfg = Config(dict(train_dataloader=dict(sampler=dict(type='DefaultSampler', shuffle=True))))
+    cfg.merge_from_dict({'train_dataloader.sampler.type': 'SlidingWindowSampler',
+                         'train_dataloader.sampler.window_size': 64, 'train_dataloader.sampler.stride': 16})
+    sampler = DATA_SAMPLERS.build(cfg.train_dataloader.sampler, default_args=dict(dataset=FakeDataset(256), seed=0))
+    # shuffle=True is accepted (the window shuffles anyway) and the window is the one asked for
+    assert isinstance(sampler, SlidingWindowSampler) and (sampler.window_size, sampler.stride) == (64, 16)
+    assert len(list(sampler)) == 256
+
+
+def test_shuffle_false_is_refused_with_the_override_to_write():
+    with pytest.raises(ValueError, match=r'shuffle=False.*always shuffles.*train_dataloader\.sampler\.window_size=W'):
+        SlidingWindowSampler(FakeDataset(1003), window_size=256, stride=64, seed=0, shuffle=False)

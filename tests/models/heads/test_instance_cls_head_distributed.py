@@ -76,8 +76,8 @@ def test_sharded_head_equals_the_single_process_head(world_size, smoothing):
     feat_bound = cosine_softmax_gradient_bound(feats, rows, coefficients, 0.2, logit_error, world_size)
     row_bound = cosine_softmax_gradient_bound(rows, feats, coefficients.t(), 0.2, logit_error)
     covered = torch.zeros(NUM_CLASSES, dtype=torch.bool)
-    for shard, batch, rank_loss, rank_feat_grad, rank_row_grad in run_distributed(sharded_rank, world_size,
-                                                                                    smoothing):
+    ranks = run_distributed(sharded_rank, world_size, smoothing)
+    for shard, batch, rank_loss, rank_feat_grad, rank_row_grad in ranks:
         assert abs(rank_loss.item() - loss.item()) <= loss_bound
         # DDP averages backbone gradients over ranks, so each rank's features carry world_size x the share (a
         # power of two: dividing by it is exact)

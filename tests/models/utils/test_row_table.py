@@ -7,7 +7,7 @@ from distributed import run_distributed
 from progress_output import captured_progress
 
 from pic_plugin.models.utils import row_table as row_table_module
-from pic_plugin.models.utils import RowTable
+from pic_plugin.models.utils import RowTable, shard_sizes
 
 
 def test_normal_init_matches_the_release_scale():
@@ -84,7 +84,6 @@ def test_bad_arguments(kwargs, match):
         RowTable(**kwargs)
 
 
-
 def sharded_checkpoint_rank(rank, world_size):
     """Each rank fills its shard with its global row numbers, then saves as mmengine does and reloads; its output."""
     table = RowTable(10, 2, sharded=True)
@@ -153,3 +152,30 @@ def test_a_table_larger_than_the_host_memory_says_how_much_it_needs(monkeypatch)
     with pytest.raises(MemoryError, match=r'1,281,167 rows x 128 .* needs 1\.2 GiB .* only 1\.0 GiB .*sharded=True'):
         RowTable(1281167, 128)
     RowTable(1000, 128)  # small tables still fit
+
+
+def initial_shards(rank, world_size):
+    """This rank's initial rows of a sharded table, for each init, after the seed the runner gives every rank."""
+    shards = {}
+    for init in INITS:
+        torch.manual_seed(0)
+        table = RowTable(NUM_INIT_ROWS, 3, init=init, sharded=True)
+        shards[init] = (table.row_offset, table.weight)
+    return shards
+
+
+INITS = ('normal', 'unit')
+NUM_INIT_ROWS = 10000  # shards end inside the 4,096-row blocks of one seed
+
+
+@pytest.mark.parametrize('world_size', [2, 3])
+def test_the_initial_rows_are_one_draw_whatever_the_number_of_ranks(world_size):
+    ranks = run_distributed(initial_shards, world_size)
+    for init in INITS:
+        torch.manual_seed(0)
+        whole = RowTable(NUM_INIT_ROWS, 3, init=init).weight
+        assert torch.equal(torch.cat([shards[init][1] for shards in ranks]), whole), init
+        offsets = [shards[init][0] for shards in ranks]
+        assert offsets == [sum(shard_sizes(NUM_INIT_ROWS, world_size)[:r]) for r in range(world_size)]
+        assert torch.unique(whole, dim=0).shape[0] == NUM_INIT_ROWS  # no two instances share an initial row
+    assert whole.norm(dim=1).sub(1).abs().max() < 1e-6  # 'unit' rows: one normalised draw
