@@ -4,7 +4,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import BaseLoop
 
 from mmpretrain.registry import HOOKS
-from .utils import unwrapped_model
+from .utils import module_device, unwrapped_model
 
 
 @HOOKS.register_module()
@@ -24,13 +24,16 @@ class InstanceCountCheckHook(Hook):
     priority = 'VERY_HIGH'
 
     def before_run(self, runner) -> None:
-        head = getattr(unwrapped_model(runner), 'head', None)
+        model = unwrapped_model(runner)
+        head = getattr(model, 'head', None)
         # train() builds its loop before calling before_run; val() and test() leave it unbuilt and need no rows
         if (not hasattr(head, 'allocate_rows') or head.num_classes is not None
                 or not isinstance(runner._train_loop, BaseLoop)):
             return
         num_images = len(runner.train_dataloader.dataset)
+        device = module_device(model)  # where the runner put the model
         head.allocate_rows(num_images)
+        head.to(device)  # its new buffers (the hard classes) too; the rows place themselves (RowTable.place_on)
         runner.logger.info(f"InstanceCountCheckHook: {num_images} training images, so {type(head).__name__} "
                            f"(num_classes='auto') gets {num_images} rows (model.head.num_classes={num_images} "
                            'pins this size).')

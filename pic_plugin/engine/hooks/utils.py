@@ -1,4 +1,6 @@
 """What the hooks of this package share: finding the model, its instance classifier, its device, a batch size."""
+import itertools
+
 import torch
 from mmengine.model import is_model_wrapper
 from torch import nn
@@ -22,6 +24,12 @@ def instance_head(model: nn.Module, hook_name: str) -> nn.Module:
                          f'{type(head).__name__}, which keeps no row table: use it with '
                          "head=dict(type='InstanceClsHead', ...), or remove it from custom_hooks.")
     return head
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (where ``model.to`` put it), else the CPU."""
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return tensor.device if tensor is not None else torch.device('cpu')
 
 
 def compute_device(model: nn.Module, head: nn.Module) -> torch.device:

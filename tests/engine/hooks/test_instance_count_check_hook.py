@@ -6,6 +6,7 @@ from unittest.mock import Mock
 import pytest
 import torch
 from mmengine.runner import BaseLoop
+from torch import nn
 
 from pic_plugin.engine.hooks import InstanceCountCheckHook
 from pic_plugin.models.heads import InstanceClsHead, MemoryBankNCE
@@ -16,9 +17,10 @@ HEADS = {
 }
 
 
-def runner_with(head, num_images):
-    return SimpleNamespace(model=SimpleNamespace(head=head),
-                           train_dataloader=SimpleNamespace(dataset=range(num_images)))
+def runner_with(head, num_images, model=None):
+    model = model or nn.Module()
+    model.head = head
+    return SimpleNamespace(model=model, train_dataloader=SimpleNamespace(dataset=range(num_images)))
 
 
 @pytest.mark.parametrize('name', HEADS)
@@ -49,9 +51,9 @@ def test_an_auto_sized_head_has_no_rows_until_allocated_and_then_those_of_an_exp
     assert all(torch.equal(value, explicit.state_dict()[key]) for key, value in head.state_dict().items())
 
 
-def training_runner(head, num_images, train_loop):
+def training_runner(head, num_images, train_loop, model=None):
     """A runner whose ``train()`` has built its loop (``train_loop`` a ``BaseLoop``) or not (a config dict)."""
-    runner = runner_with(head, num_images)
+    runner = runner_with(head, num_images, model)
     runner._train_loop, runner.logger = train_loop, Mock()
     return runner
 
@@ -83,3 +85,12 @@ def test_an_explicit_size_is_left_as_it_is_and_checked_before_training():
     assert head.num_classes == 12
     with pytest.raises(ValueError, match="set model.head.num_classes=10 in the config .*, or num_classes='auto'"):
         InstanceCountCheckHook().before_train(runner)
+
+
+def test_the_hard_classes_of_an_auto_sized_head_go_where_the_runner_put_the_model():
+    head = InstanceClsHead(num_classes='auto', in_channels=8, label_smoothing=0.2, num_hard_classes=3)
+    model = nn.Module()
+    model.backbone = nn.Linear(2, 2, device='meta')  # a model the runner has moved (to a GPU, say)
+    InstanceCountCheckHook().before_run(training_runner(head, 10, Mock(spec=BaseLoop), model))
+    assert head.hard_classes.shape == (10, 3) and head.hard_classes.device.type == 'meta'
+    assert head.table.weight.device.type == 'cpu'  # the rows move to the features' device at the first step

@@ -126,3 +126,20 @@ def test_replicated_recent_mode_matches_the_single_process_global_batch():
     for rank_rows, rank_recent in run_distributed(replicated_recent_rank, 2):
         torch.testing.assert_close(rank_rows, rows, rtol=0, atol=1e-12)
         assert torch.equal(rank_recent, recent)
+
+
+def auto_sized_shard(rank, world_size):
+    """What InstanceCountCheckHook gives a sharded head built with num_classes='auto' on this rank."""
+    torch.manual_seed(0)  # the runner seeds every rank alike
+    head = InstanceClsHead('auto', DIM, sharded=True, label_smoothing=0.2, num_hard_classes=HARD)
+    head.allocate_rows(NUM_CLASSES)
+    return head.table.row_offset, head.table.weight, tuple(head.hard_classes.shape)
+
+
+def test_an_auto_sized_sharded_head_gets_its_shard_of_the_rows_a_single_process_draws():
+    torch.manual_seed(0)
+    single = InstanceClsHead(NUM_CLASSES, DIM).table.weight
+    ranks = run_distributed(auto_sized_shard, 2)
+    assert [offset for offset, _, _ in ranks] == [0, 19] and [shape for _, _, shape in ranks] == [(19, HARD),
+                                                                                                  (18, HARD)]
+    assert torch.equal(torch.cat([weight for _, weight, _ in ranks]), single)
