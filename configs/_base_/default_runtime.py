@@ -1,6 +1,6 @@
 # Runtime shared by every pic_plugin config. It is written here rather than inherited from
 # 'mmpretrain::_base_/default_runtime.py': a cross-package base adds `_scope_` to every dict with a `type`,
-# which mmengine then passes on to `default_collate` (ENVIRONMENT.md, pitfall 2).
+# which mmengine then passes on to `default_collate` as an unexpected keyword argument.
 default_scope = 'mmpretrain'
 # Registers InstanceClsHead, SlidingWindowSampler, LazyCorrectedSGD, MemoryBankNCE, WeightedKNN, ...
 custom_imports = dict(imports=['pic_plugin'], allow_failed_imports=False)

@@ -74,7 +74,7 @@ def test_input_normalisation_is_the_pre_training_one(path, pic_config):
 
 @pytest.mark.parametrize('path', CONFIGS, ids=config_id)
 def test_no_dataloader_passes_a_scope_to_its_collate_function(path):
-    """A cross-package base adds `_scope_` to the dicts it defines (ENVIRONMENT.md, pitfall 2); mmengine passes
+    """A cross-package base adds `_scope_` to the dicts it defines; mmengine passes
     a collate_fn's keys to the function itself. None of the host bases used here defines collate_fn, so the
     runner's own `pseudo_collate` (no scope) is used."""
     cfg = Config.fromfile(path)

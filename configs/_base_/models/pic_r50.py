@@ -9,8 +9,8 @@ model = dict(
         std=[58.395, 57.12, 57.375],
         to_rgb=True),
     backbone=dict(type='ResNet', depth=50, norm_cfg=dict(type='SyncBN'), zero_init_residual=True),
-    # Linear(2048, 2048)-BN-ReLU-Linear(2048, 128): mmpretrain's MLP neck with BatchNorm between the layers,
-    # which REFERENCE-NOTES measured to matter (a BN-free head barely learns at small scale).
+    # Linear(2048, 2048)-BN-ReLU-Linear(2048, 128): PIC's 2-layer MLP projection head (Sec. 2.1, from SimCLR),
+    # mmpretrain's MLP neck with BatchNorm between the layers.
     neck=dict(
         type='NonLinearNeck',
         in_channels=2048,
@@ -27,6 +27,6 @@ model = dict(
         temperature=0.2,  # PIC Sec. 3.1: "tau = 0.2 could generally perform well"
         negatives='recent',  # recent-negative sampling (PIC Sec. 2.3) ...
         num_negatives=65536,  # ... with K = 2^16, the paper's default (Sec. 3.1, Table 2)
-        init_std=0.01,  # the release's N(0, 0.01^2) rows (REFERENCE-NOTES)
+        init_std=0.01,  # the public PIC release's N(0, 0.01^2) rows
         placement='device'),  # 'host' keeps the 1.28M x 128 table (and momentum) in pinned host memory
 )

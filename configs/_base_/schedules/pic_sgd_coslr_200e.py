@@ -1,4 +1,4 @@
-# PIC's optimiser recipe (REFERENCE-NOTES, from the release): one SGD for backbone, neck and classifier rows,
+# PIC's optimiser recipe (the public PIC release): one SGD for backbone, neck and classifier rows,
 # momentum 0.9, weight decay 1e-4, lr = 0.03 x batch / 256 (0.06 for 512), linear warm-up over epochs / 40
 # (5 of 200) from lr / 100, then cosine decay to 0, all per iteration.
 # LazyCorrectedSGD updates the instance rows (PIC Eq. 2-3) and leaves the rest to the SGD below.

@@ -1,4 +1,4 @@
-# PIC Table 4: 1600 epochs with the sliding window; warm-up over epochs / 40, then cosine (REFERENCE-NOTES).
+# PIC Table 4: 1600 epochs with the sliding window; warm-up over epochs / 40, then cosine (the PIC release).
 _base_ = ['../../pic_r50.py']
 max_epochs = 1600
 warmup_epochs = max_epochs / 40

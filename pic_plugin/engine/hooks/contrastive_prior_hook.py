@@ -62,7 +62,7 @@ class ContrastivePriorHook(Hook):
     Row norm: the paper assigns the features as they are (``row_norm=None``, the default). The cosine
     soft-max sees only a row's direction, but its norm sets how fast the row learns: an SGD step turns a row
     by about ``lr * |g| / |w|^2``, so rows of norm 1 learn about 80x slower than the 0.11-norm rows of PIC's
-    Gaussian init (REFERENCE-NOTES measures unit-norm PIC rows barely learning in 3 epochs), and the raw
+    Gaussian init (the public PIC release's N(0, 0.01^2) rows), and the raw
     projections of a random MLP head are usually larger still. A number L2-normalises every feature and scales
     it to that norm: ``row_norm=0.113`` (= 0.01 x sqrt(128)) keeps the prior's directions with the learning
     speed of the Gaussian init.

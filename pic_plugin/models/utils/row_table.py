@@ -114,7 +114,7 @@ class RowTable(nn.Module):
         num_rows (int): Rows in the whole table (over all ranks): the number of training instances.
         dim (int): Length of one row.
         init (str): ``'normal'`` draws every entry from N(0, ``init_std``^2), as the PIC release does (rows of
-            norm about ``0.01 * sqrt(dim)``: small rows turn fast under a cosine loss, see REFERENCE-NOTES);
+            norm about ``0.01 * sqrt(dim)``: small rows turn fast under a cosine loss, see ContrastivePriorHook);
             ``'unit'`` draws random unit vectors, as NPID initialises its memory bank. Either is one draw over
             all ``num_rows`` rows whatever the number of ranks (see :func:`fill_standard_normal_rows`), seeded
             from torch's global generator (the runner's ``randomness.seed``). Defaults to 'normal'.
@@ -273,7 +273,9 @@ class RowTable(nn.Module):
         if self.updater is None or self.momentum is None or self.last_step is None:
             raise RuntimeError('The rows of this instance classifier are trained by LazyCorrectedSGD, but no such '
                                "optimiser is attached: set optim_wrapper=dict(type='LazyCorrectedSGD', "
-                               "optimizer=dict(type='SGD', ...)) in the config.")
+                               "optimizer=dict(type='SGD', ...)) in the config. (`--amp` of mim train or of "
+                               "mmpretrain's tools/train.py replaces it by AmpOptimWrapper, which cannot update "
+                               'these rows: train without --amp.)')
         if self.pending is not None:
             raise RuntimeError('The rows gathered in the previous training step were never updated: call the '
                                'optimiser step (optim_wrapper.update_params) after each loss.')
