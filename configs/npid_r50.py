@@ -5,6 +5,8 @@ _base_ = ['_base_/default_runtime.py']
 
 model = dict(
     type='InstanceClassification',  # one branch: backbone -> neck -> head, label = the image's index
+    # NPID Sec. 3.4 votes with the normalised 128-d embedding; the linear probe uses the backbone
+    knn_feature='projection',
     data_preprocessor=dict(
         type='SelfSupDataPreprocessor',
         mean=[123.675, 116.28, 103.53],  # the release's ImageNet normalisation (0.485, 0.456, 0.406) x 255

@@ -8,6 +8,9 @@ _base_ = [
 ]
 model = dict(
     type='InstanceClassification',
+    # the kNN votes with the pooled backbone feature, as PIC's digits config does, so the two compare on one
+    # feature; NPID Sec. 3.4's protocol is --cfg-options model.knn_feature=projection
+    knn_feature='backbone',
     data_preprocessor=dict(
         type='SelfSupDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3, to_rgb=True),
     backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16, base_channels=16),

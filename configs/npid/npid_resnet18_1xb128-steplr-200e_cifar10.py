@@ -12,6 +12,7 @@ data_root = 'data/cifar10/'
 
 model = dict(
     type='InstanceClassification',
+    knn_feature='projection',  # NPID Sec. 3.4 / 4.1: the kNN votes with the normalised 128-d embedding
     data_preprocessor=dict(
         type='SelfSupDataPreprocessor',
         mean=[125.307, 122.961, 113.8575],  # the release's (0.4914, 0.4822, 0.4465) x 255

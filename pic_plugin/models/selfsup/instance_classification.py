@@ -2,11 +2,15 @@
 from typing import Dict, List, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
+
+
+KNN_FEATURES = ('backbone', 'projection')
 
 
 @MODELS.register_module()
@@ -18,13 +22,17 @@ class InstanceClassification(BaseSelfSupervisor):
     full classifier, ``MemoryBankNCE`` for NPID. The label of an image is the ``sample_idx`` that mmengine's
     datasets attach to every sample and mmpretrain's ``PackInputs`` keeps in the data sample's metainfo.
 
-    In ``'predict'`` mode the model returns the data samples with the globally pooled backbone feature stored
-    as ``knn_feature``, which the ``WeightedKNN`` metric evaluates.
+    In ``'predict'`` mode the model returns the data samples with a feature stored as ``knn_feature``, which
+    the ``WeightedKNN`` metric evaluates: the globally pooled last-stage backbone feature (``'backbone'``, what a
+    linear probe or a downstream task receives), or the L2-normalised projection the head is trained on
+    (``'projection'``: NPID Sec. 3.4 votes with the 128-d embedding).
 
     Args:
         backbone (dict): Backbone config, e.g. ``dict(type='ResNet', depth=50)``.
         neck (dict): Projection head config, e.g. mmpretrain's ``NonLinearNeck`` (2-layer MLP, PIC Table 1).
         head (dict): Loss head config: ``InstanceClsHead`` or ``MemoryBankNCE``.
+        knn_feature (str): What ``'predict'`` mode evaluates: ``'backbone'`` or ``'projection'`` (see above).
+            Defaults to 'backbone'.
         data_preprocessor (dict, optional): Defaults to mmpretrain's ``SelfSupDataPreprocessor``.
         init_cfg (dict, optional): Initialisation config. Defaults to None.
     """
@@ -33,10 +41,15 @@ class InstanceClassification(BaseSelfSupervisor):
                  backbone: dict,
                  neck: dict,
                  head: dict,
+                 knn_feature: str = 'backbone',
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
+        if knn_feature not in KNN_FEATURES:
+            raise ValueError(f'knn_feature={knn_feature!r} is not one of {KNN_FEATURES}: set model.knn_feature to '
+                             "'backbone' (the pooled backbone feature) or 'projection' (NPID's embedding).")
         super().__init__(backbone=backbone, neck=neck, head=head, data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
+        self.knn_feature = knn_feature
 
     def forward(self,
                 inputs: Union[Tensor, List[Tensor]],
@@ -85,10 +98,13 @@ class InstanceClassification(BaseSelfSupervisor):
 
     @torch.no_grad()
     def predict(self, inputs: List[Tensor], data_samples: List[DataSample]) -> List[DataSample]:
-        """Store each image's globally pooled last-stage backbone feature as ``knn_feature``."""
+        """Store each image's pooled backbone feature, or its normalised projection, as ``knn_feature``."""
         images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
-        feature_map = self.backbone(images)[-1]  # (B, C, H, W)
-        features = feature_map.mean(dim=(2, 3)) if feature_map.dim() == 4 else feature_map  # (B, C)
+        if self.knn_feature == 'projection':
+            features = F.normalize(self.neck(self.backbone(images))[0], dim=1)  # (B, D)
+        else:
+            feature_map = self.backbone(images)[-1]  # (B, C, H, W)
+            features = feature_map.mean(dim=(2, 3)) if feature_map.dim() == 4 else feature_map  # (B, C)
         for sample, feature in zip(data_samples, features):
             sample.set_field(feature, 'knn_feature')
         return data_samples

@@ -44,6 +44,21 @@ def test_predict_stores_pooled_backbone_features(model):
     assert [s.knn_feature.shape for s in out] == [torch.Size([128])] * 3
 
 
+def test_predict_can_store_the_normalised_projection_as_npid_evaluates(model):
+    model.eval()
+    model.knn_feature = 'projection'
+    images = torch.randn(3, 3, 32, 32)
+    out = model([images], samples([0, 1, 2]), mode='predict')
+    expected = torch.nn.functional.normalize(model.neck(model.backbone(images))[0], dim=1)  # (B, 128)
+    assert torch.equal(torch.stack([s.knn_feature for s in out]), expected)
+
+
+def test_an_unknown_knn_feature_is_refused():
+    cfg = Config.fromfile(TINY_CONFIG)
+    with pytest.raises(ValueError, match=r"knn_feature='pooled' is not one of \('backbone', 'projection'\)"):
+        MODELS.build(dict(cfg.model, knn_feature='pooled'))
+
+
 def test_every_view_is_classified_as_its_image(model, monkeypatch):
     LazyCorrectedSGD(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)).attach(model)
     seen = {}
