@@ -3,9 +3,9 @@
     python tools/visualize_features.py CONFIG CHECKPOINT [--out-dir DIR] [--out-prefix PREFIX] [--work-dir DIR]
         [--max-points 2000] [--num-queries 8] [--num-neighbours 8] [--method auto|tsne|umap] [--cfg-options k=v ...]
 
-Extracts the backbone features that the config's weighted-kNN validation uses (``val_dataloader``, a
-``KNNSplits`` of labelled reference and held-out images, through the model's ``val_step``) for an evenly spaced
-subset of at most ``--max-points`` images, with a progress bar, and draws
+Extracts the kNN features (``model.knn_feature``) that the config's weighted-kNN validation uses
+(``val_dataloader``, a ``KNNSplits`` of labelled reference and held-out images, through the model's ``val_step``)
+for an evenly spaced subset of at most ``--max-points`` images, with a progress bar, and draws
 
 * ``tsne`` (``umap`` where umap-learn is installed): the features in 2-D, coloured by label;
 * ``retrieval``: held-out images (left, blue) and their nearest reference images by cosine similarity, framed

@@ -1,10 +1,10 @@
 """The kNN features of a bounded subset of a ``KNNSplits`` data set, collected from the model's ``val_step``.
 
 The feature pictures (``feature_pictures.py``) need the features that the weighted-kNN evaluation uses: the
-globally pooled backbone feature that ``InstanceClassification.predict`` stores as ``knn_feature`` on every data
-sample, with its ``gt_label`` and ``knn_split``. ``KNNFeatureCollector`` keeps them for an evenly spaced subset
-of at most ``max_points`` images (a 2-D map of 1.28M points is neither computable nor readable) and gathers them
-from all ranks.
+feature that ``InstanceClassification.predict`` stores as ``knn_feature`` on every data sample (the pooled
+backbone feature or the normalised projection, by ``model.knn_feature``), with its ``gt_label`` and
+``knn_split``. ``KNNFeatureCollector`` keeps them for an evenly spaced subset of at most ``max_points`` images (a
+2-D map of 1.28M points is neither computable nor readable) and gathers them from all ranks.
 
 Example:
     >>> collector = KNNFeatureCollector(knn_splits_dataset, max_points=2000)
@@ -27,7 +27,7 @@ class KNNFeatures(NamedTuple):
     """Features of the collected images, ordered by their index in the ``KNNSplits`` data set.
 
     Attributes:
-        features (Tensor): (N, D) float32 backbone features on the CPU.
+        features (Tensor): (N, D) float32 kNN features on the CPU.
         labels (Tensor | None): (N,) long labels, or None when some image has no ``gt_label``.
         is_test (Tensor): (N,) bool, True for the held-out ("test") images, False for the reference ones.
         indices (Tensor): (N,) long index of every image in the ``KNNSplits`` data set.

@@ -16,8 +16,9 @@ class FeaturePicturesHook(Hook):
     """Pictures of what the backbone learned, from the features of the weighted-kNN validation.
 
     During each validation loop over a ``KNNSplits`` data set it keeps the ``knn_feature`` that the model's
-    ``val_step`` yields (the pooled backbone feature the ``WeightedKNN`` metric votes with) for an evenly spaced
-    subset of at most ``max_points`` images. After the loop, rank 0 draws
+    ``val_step`` yields (the feature the ``WeightedKNN`` metric votes with: the pooled backbone feature or the
+    normalised projection, as ``model.knn_feature`` says) for an evenly spaced subset of at most ``max_points``
+    images. After the loop, rank 0 draws
 
     * ``tsne`` (or ``umap`` where umap-learn is installed): a 2-D map of the kept features, coloured by label;
     * ``retrieval``: ``num_queries`` held-out images, each followed by its ``num_neighbours`` nearest reference

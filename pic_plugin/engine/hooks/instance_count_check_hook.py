@@ -4,7 +4,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import BaseLoop
 
 from mmpretrain.registry import HOOKS
-from .utils import module_device, unwrapped_model
+from .utils import compute_device, unwrapped_model
 
 
 @HOOKS.register_module()
@@ -31,7 +31,7 @@ class InstanceCountCheckHook(Hook):
                 or not isinstance(runner._train_loop, BaseLoop)):
             return
         num_images = len(runner.train_dataloader.dataset)
-        device = module_device(model)  # where the runner put the model
+        device = compute_device(model, head)  # where the runner put the model
         head.allocate_rows(num_images)
         head.to(device)  # its new buffers (the hard classes) too; the rows place themselves (RowTable.place_on)
         runner.logger.info(f"InstanceCountCheckHook: {num_images} training images, so {type(head).__name__} "

@@ -26,16 +26,14 @@ def instance_head(model: nn.Module, hook_name: str) -> nn.Module:
     return head
 
 
-def module_device(module: nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (where ``model.to`` put it), else the CPU."""
-    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
-    return tensor.device if tensor is not None else torch.device('cpu')
-
-
 def compute_device(model: nn.Module, head: nn.Module) -> torch.device:
-    """The device of the model's parameters (the accelerator when there is one), else the rows' device."""
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else head.table.weight.device
+    """Where the runner put the model: its first parameter's or buffer's device (the accelerator when there is
+    one), else the rows' device, else (a head sized by ``num_classes='auto'`` before its rows exist) the CPU."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    if tensor is not None:
+        return tensor.device
+    table = getattr(head, 'table', None)
+    return table.weight.device if table is not None else torch.device('cpu')
 
 
 def loader_batch_size(loader: DataLoader) -> int:
