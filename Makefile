@@ -11,10 +11,11 @@ setup:
 setup-pretrain:
 	PIC_PROFILE=pretrain bash tools/setup_env.sh
 
-# style (flake8, setup.cfg's line length), the whole suite, then the unit tests again under each CPU kernel
-# family torch can pick here
+# style (flake8, then isort's import order; both configured in setup.cfg, 120 columns), the whole suite, then the
+# unit tests again under each CPU kernel family torch can pick here
 test: setup
 	$(PYTHON) -m flake8 pic_plugin tools tests configs
+	$(PYTHON) -m isort --check-only --diff pic_plugin tools tests configs
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 	PYTHON=$(PYTHON) bash tools/ci/unit_tests_per_cpu_capability.sh
 

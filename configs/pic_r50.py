@@ -1,4 +1,4 @@
-# PIC, ResNet-50, ImageNet-1k, 8 GPUs x 64 = 512, 200 epochs (PIC Sec. 3.1). The same experiment under
+# PIC, ResNet-50, ImageNet-1k, 8 GPUs x 64 = 512, 200 epochs (PIC Sec. 4.1). The same experiment under
 # mmpretrain's naming is configs/pic/pic_resnet50_8xb64-coslr-200e_in1k.py.
 _base_ = [
     '_base_/models/pic_r50.py',

@@ -7,8 +7,8 @@ from typing import Set
 
 from mmpretrain import registry
 
-from . import datasets, engine, evaluation, models  # noqa: F401  (registers the components)
 from . import visualization  # noqa: F401  (the feature pictures of FeaturePicturesHook)
+from . import datasets, engine, evaluation, models  # noqa: F401  (registers the components)
 from .utils import allow_mmengine_checkpoints, check_custom_imports
 
 __version__ = '0.1.0'
@@ -17,7 +17,7 @@ __version__ = '0.1.0'
 allow_mmengine_checkpoints()
 
 _REGISTRIES = (registry.MODELS, registry.DATA_SAMPLERS, registry.DATASETS, registry.OPTIM_WRAPPERS,
-               registry.HOOKS, registry.METRICS)
+               registry.OPTIM_WRAPPER_CONSTRUCTORS, registry.HOOKS, registry.METRICS)
 
 
 def registered_names() -> Set[str]:

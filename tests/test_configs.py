@@ -5,12 +5,11 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS, PARAM_SCHEDULERS
 from PIL import Image
 
-from mmpretrain.registry import MODELS, PARAM_SCHEDULERS
-from pic_plugin import check_custom_imports
-
 from conftest import REPO_ROOT
+from pic_plugin import check_custom_imports
 
 # pre-training configs; the downstream ones under benchmarks/ belong to their hosts' scopes (tests/benchmarks/)
 CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if not {'_base_', 'benchmarks'} & set(p.parts))
@@ -32,7 +31,7 @@ def test_pic_r50_builds_model_pipeline_and_optimiser(tmp_path):
     assert cfg.train_dataloader.batch_size == 64
     assert cfg.optim_wrapper.optimizer.lr == pytest.approx(0.03 * 512 / 256)
     model = MODELS.build(cfg.model)
-    assert model.head.table.weight.shape == (1281167, 128)
+    assert model.head.rows.weight.shape == (1281167, 128)
     assert model.head.temperature == 0.2
     assert model.neck.fc1.out_features == 128
 
@@ -97,5 +96,6 @@ def test_pic_r50_is_the_paper_default():
     cfg = Config.fromfile(REPO_ROOT / 'configs' / 'pic_r50.py')
     assert cfg.train_dataloader.sampler == dict(type='SlidingWindowSampler', window_size=131072, stride=16384)
     assert (cfg.model.head.negatives, cfg.model.head.num_negatives) == ('recent', 65536)
-    assert cfg.optim_wrapper.type == 'LazyCorrectedSGD' and cfg.optim_wrapper.correction is True
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.constructor) == ('OptimWrapper', 'LazyCorrectedSGDConstructor')
+    assert cfg.optim_wrapper.correction is True
     assert cfg.train_cfg.max_epochs == 200 and cfg.train_dataloader.batch_size * 8 == 512

@@ -4,12 +4,11 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-
-from image_folders import MIXED_MODES, write_image_folder
 from mmpretrain.registry import DATASETS, MODELS
-from pic_plugin.datasets import UnlabelledImageFolder
 
 from conftest import REPO_ROOT
+from image_folders import MIXED_MODES, write_image_folder
+from pic_plugin.datasets import UnlabelledImageFolder
 
 CONFIGS = REPO_ROOT / 'configs' / 'pic'
 CPU_CONFIG = CONFIGS / 'pic_resnet18-w16_1xb128-coslr-20e_imagefolder.py'
@@ -38,7 +37,7 @@ def test_the_configs_turn_a_folder_of_mixed_modes_into_3_channel_views(tmp_path,
 def test_the_head_waits_for_the_data_and_nothing_evaluates_without_labels(config):
     cfg = load(config)
     model = MODELS.build(cfg.model)
-    assert model.head.num_classes is None and model.head.table is None  # InstanceCountCheckHook sizes it
+    assert model.head.num_classes is None and model.head.rows is None  # InstanceCountCheckHook sizes it
     assert {'type': 'InstanceCountCheckHook'} in cfg.custom_hooks
     assert cfg.train_dataloader.drop_last is True
     assert cfg.train_dataloader.sampler == dict(type='DefaultSampler', shuffle=True)

@@ -19,8 +19,8 @@ from mmcv.transforms import LoadImageFromFile
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 from mmengine.utils import track_parallel_progress
-
 from mmpretrain.registry import DATASETS
+
 from pic_plugin import check_custom_imports
 
 

@@ -9,13 +9,13 @@ for the score; a checkpoint from a run on a subset of the training set loads wit
 unless ``--cfg-options model.head.num_classes=N``.
 """
 import argparse
-import os
 import os.path as osp
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from pic_plugin import check_custom_imports
+from pic_plugin.utils.launcher import add_launcher_arguments, parse_launcher_args
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,11 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--work-dir', help='the dir to save logs (default: ./work_dirs/knn_eval/CONFIG_NAME)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. val_evaluator.k=20')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_launcher_arguments(parser)
+    return parse_launcher_args(parser)
 
 
 def build_config(args: argparse.Namespace) -> Config:

@@ -4,21 +4,15 @@
     bash tools/dist_train.sh configs/pic_r50.py 8
 """
 import argparse
-import os
 import os.path as osp
 
 import torch
 import torch.distributed as dist
-
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from pic_plugin import check_custom_imports
-
-AMP_REPLACES_LAZY_ROWS = (
-    "--amp would replace optim_wrapper.type='LazyCorrectedSGD' by mmengine's AmpOptimWrapper, which does not update "
-    'the instance classifier\'s rows (PIC Eq. 2-3): mixed precision with the lazy rows is not supported yet. Train '
-    'without --amp (NPID configs, whose OptimWrapper trains no rows, accept it).')
+from pic_plugin.utils.launcher import add_launcher_arguments, parse_launcher_args
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,11 +27,8 @@ def parse_args() -> argparse.Namespace:
                         help='scale the lr by the actual total batch size over auto_scale_lr.base_batch_size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_epochs=1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_launcher_arguments(parser)
+    return parse_launcher_args(parser)
 
 
 def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
@@ -49,10 +40,9 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    if args.amp:
-        if cfg.optim_wrapper.get('type') == 'LazyCorrectedSGD':
-            raise ValueError(AMP_REPLACES_LAZY_ROWS)
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    if args.amp:  # as mmpretrain's tools/train.py; LazyCorrectedSGDConstructor keeps the row update under it
+        wrapper_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        cfg.optim_wrapper.type = 'AmpLazyCorrectedSGD' if wrapper_type == 'LazyCorrectedSGD' else 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.resume is not None:
         cfg.resume = True

@@ -22,9 +22,9 @@ import os.path as osp
 import mmcv
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
+from mmpretrain.registry import DATASETS
 from torch.utils.data import Subset
 
-from mmpretrain.registry import DATASETS
 from pic_plugin import check_custom_imports
 from pic_plugin.utils.progress import track_progress
 from pic_plugin.visualization import KNNFeatureCollector, display_image, draw_feature_pictures, swaps_channels

@@ -5,10 +5,4 @@ model = dict(head=dict(negatives='full', sharded=True, label_smoothing=0.2, num_
 train_dataloader = dict(batch_size=64)  # per process: 2 x 64 = 128, as the single-process PIC config
 # DistributedDataParallel of a CPU model takes no device ids (mmengine's default passes the local rank)
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False)
-custom_hooks = [
-    dict(type='InstanceCountCheckHook'),
-    dict(type='NaNGuardHook'),
-    dict(type='ShardedTableHook'),
-    dict(type='ContrastivePriorHook'),
-    dict(type='HardClassHook', k=10),
-]
+custom_hooks = _base_.custom_hooks + [dict(type='ContrastivePriorHook'), dict(type='HardClassHook', k=10)]

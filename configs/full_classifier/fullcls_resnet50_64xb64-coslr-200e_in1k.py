@@ -23,10 +23,7 @@ train_dataloader = dict(
         dict(type='MultiView', num_views=2, transforms=[{{_base_.view_pipeline}}]),
         dict(type='PackInputs'),
     ]))
-custom_hooks = [
-    dict(type='InstanceCountCheckHook'),
-    dict(type='NaNGuardHook'),
-    dict(type='ShardedTableHook'),
+custom_hooks = _base_.custom_hooks + [  # default_runtime.py's checks and table gathering, then
     # rows <- L2-normalised projections of a random network with running BN, before the first step
     dict(type='ContrastivePriorHook'),
     # once per epoch, each row's k most similar rows become its smoothed targets (Eq. 2-3)

@@ -2,40 +2,25 @@
 # the same 16-wide ResNet-18, digits, batch, epochs and lr schedule) with NPID's one-layer linear projection and
 # MemoryBankNCE in place of the MLP and the parametric classifier. `python tools/demo.py --config THIS` compares
 # its weighted kNN with the random network's (measured: 46.5% -> 83.8% top-1; the PIC tiny config 46.8% -> 67.7%).
-_base_ = [
-    '../_base_/datasets/digits_bs128_pic.py',
-    '../_base_/default_runtime.py',
-]
+_base_ = ['../pic/pic_resnet18-w16_1xb128-coslr-20e_digits.py']
 model = dict(
-    type='InstanceClassification',
     # the kNN votes with the pooled backbone feature, as PIC's digits config does, so the two compare on one
     # feature; NPID Sec. 3.4's protocol is --cfg-options model.knn_feature=projection
     knn_feature='backbone',
-    data_preprocessor=dict(
-        type='SelfSupDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3, to_rgb=True),
-    backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=16, base_channels=16),
     # One Linear layer as NPID (Sec. 4.1), followed by BatchNorm (mmpretrain's LinearNeck default), which NPID's
     # release does not have. Measured here without it: the random network's projections are nearly collinear
     # (mean cosine 0.85 within a batch), the bank collapses onto one direction in a few epochs, the loss sits at
     # log N and the kNN top-1 ends below the random network's (46.5% -> 45.8%). BatchNorm centres the batch.
-    neck=dict(type='LinearNeck', in_channels=128, out_channels=128, gap_dim=2, norm_cfg=dict(type='BN1d')),
+    neck=dict(
+        _delete_=True, type='LinearNeck', in_channels=128, out_channels=128, gap_dim=2, norm_cfg=dict(type='BN1d')),
     # 1,500 images are few enough for the exact non-parametric softmax (NPID Eq. 2), tau = 0.07, bank momentum
     # 0.5. loss='nce' with num_noise below 1,500 gives the NCE approximation (Eq. 4-8).
-    head=dict(type='MemoryBankNCE', num_classes=1500, in_channels=128, loss='softmax', temperature=0.07,
-              bank_momentum=0.5),
+    head=dict(_delete_=True, type='MemoryBankNCE', num_classes=1500, in_channels=128, loss='softmax',
+              temperature=0.07, bank_momentum=0.5),
 )
-# NPID's CIFAR recipe at batch 128 (the release's cifar.py): SGD lr 0.03, momentum 0.9, weight decay 5e-4. The
-# bank has no parameters, so mmengine's plain OptimWrapper trains the whole model. The schedule is the PIC tiny
-# config's: warm-up over epochs / 40, then cosine.
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.03, momentum=0.9, weight_decay=5e-4))
-max_epochs = 20
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=True, begin=0, end=max_epochs / 40,
-         convert_to_iter_based=True),
-    dict(type='CosineAnnealingLR', T_max=max_epochs - max_epochs / 40, eta_min=0., by_epoch=True,
-         begin=max_epochs / 40, end=max_epochs, convert_to_iter_based=True),
-]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
-default_hooks = dict(logger=dict(interval=5), checkpoint=dict(interval=max_epochs))
-env_cfg = dict(dist_cfg=dict(backend='gloo'))
-auto_scale_lr = dict(base_batch_size=128)
+# NPID's CIFAR recipe at batch 128 (the CIFAR script of the authors' release): SGD lr 0.03, momentum 0.9, weight
+# decay 5e-4. The bank has no parameters: the SGD covers the whole model. The schedule is the PIC tiny config's:
+# warm-up over epochs / 40, then cosine.
+optim_wrapper = dict(
+    _delete_=True, type='OptimWrapper', constructor='LazyCorrectedSGDConstructor',
+    optimizer=dict(type='SGD', lr=0.03, momentum=0.9, weight_decay=5e-4))

@@ -1,11 +1,15 @@
 # NPID (Wu et al. 2018), ResNet-18 (CIFAR variant), CIFAR-10, 1 GPU x 128, 200 epochs: the setting of NPID
 # Sec. 4.1 / Table 1 (NCE m = 4,096: 80.4% kNN top-1; loss='softmax' is the exact row, 80.8%). "release" below
-# is the authors' CIFAR script, cifar.py of github.com/zhirongw/lemniscate.pytorch, for what the paper omits.
+# is the CIFAR script of the authors' code (linked in NPID Sec. 4.2), for what the paper omits.
 #
 # Data: mmpretrain's CIFAR10 reads the python version of CIFAR-10 from data/cifar10/cifar-10-batches-py/
 # (data_batch_1 .. data_batch_5, test_batch, batches.meta: the extracted cifar-10-python.tar.gz). Nothing is
 # downloaded at run time; a missing folder stops with mmpretrain's message naming it.
-_base_ = ['../_base_/default_runtime.py']
+_base_ = [
+    '../_base_/datasets/weighted_knn_bs256.py',
+    '../_base_/schedules/npid_sgd_steplr_200e.py',
+    '../_base_/default_runtime.py',
+]
 
 dataset_type = 'CIFAR10'
 data_root = 'data/cifar10/'
@@ -28,7 +32,7 @@ model = dict(
         in_channels=128,
         loss='nce',  # Table 1's NCE rows; 'softmax' gives the exact non-parametric softmax (Eq. 2)
         num_noise=4096,  # m = 4,096 (Table 1; also the release's --nce-k)
-        temperature=0.07,  # tau = 0.07 (Sec. 3.4 and 4.2; the release's cifar.py defaults to 0.1)
+        temperature=0.07,  # tau = 0.07 (Sec. 3.4 and 4.2; the release defaults to 0.1)
         bank_momentum=0.5,  # the release's --nce-m 0.5
         proximal_weight=0.),  # off, as in the release
 )
@@ -50,31 +54,25 @@ train_pipeline = [
 test_pipeline = [dict(type='PackInputs')]
 
 train_dataloader = dict(
-    batch_size=128,  # the release's cifar.py
+    batch_size=128,  # the release's CIFAR script
     num_workers=2,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
     dataset=dict(type=dataset_type, data_root=data_root, split='train', download=False, pipeline=train_pipeline))
 
-# Weighted kNN (Sec. 3.4, k = 200, tau = 0.07) of backbone features: the 50,000 labelled training images vote
-# for the 10,000 test images. The release evaluates every epoch; here every 10 epochs and after the last.
+# Weighted kNN (Sec. 3.4, k = 200, tau = 0.07; weighted_knn_bs256.py) of the normalised projections: the 50,000
+# labelled training images vote for the 10,000 test images. The release evaluates every epoch; here every 10 epochs
+# and after the last.
 val_dataloader = dict(
-    batch_size=256,
     num_workers=2,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='default_collate'),
     dataset=dict(
-        type='KNNSplits',
         train=dict(type=dataset_type, data_root=data_root, split='train', download=False, pipeline=test_pipeline),
         test=dict(type=dataset_type, data_root=data_root, split='test', download=False, pipeline=test_pipeline)))
-val_evaluator = dict(type='WeightedKNN', k=200, tau=0.07)
-val_cfg = dict()
 
-# The release's cifar.py: SGD lr 0.03, momentum 0.9, weight decay 5e-4, 200 epochs, lr x0.1 at epochs 120 and
-# 160 (its lr * 0.1 ** ((epoch - 80) // 40) from epoch 80). The bank has no parameters: a plain SGD suffices.
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.03, momentum=0.9, weight_decay=5e-4))
-param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[120, 160], gamma=0.1)]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=200, val_interval=10)
+# The ImageNet schedule of NPID (npid_sgd_steplr_200e.py: SGD lr 0.03, momentum 0.9, 200 epochs, lr x0.1 at epochs
+# 120 and 160) is also the release's CIFAR one (its lr * 0.1 ** ((epoch - 80) // 40) from epoch 80), but for its
+# weight decay of 5e-4 and the batch of 128.
+optim_wrapper = dict(optimizer=dict(weight_decay=5e-4))
+train_cfg = dict(val_interval=10)
 auto_scale_lr = dict(base_batch_size=128)

@@ -2,7 +2,6 @@
 from typing import List
 
 from mmengine.fileio import join_path, load
-
 from mmpretrain.datasets import BaseDataset
 from mmpretrain.registry import DATASETS
 

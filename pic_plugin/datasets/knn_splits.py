@@ -6,9 +6,8 @@ from typing import Any, Tuple, Union
 from mmengine.dataset import force_full_init
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
-from torch.utils.data import Dataset
-
 from mmpretrain.registry import DATASETS
+from torch.utils.data import Dataset
 
 
 @DATASETS.register_module()

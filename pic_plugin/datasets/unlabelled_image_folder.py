@@ -3,7 +3,6 @@ import os.path as osp
 from typing import Any, List, Sequence
 
 from mmengine.fileio import get_file_backend
-
 from mmpretrain.datasets import CustomDataset
 from mmpretrain.datasets.custom import get_samples
 from mmpretrain.registry import DATASETS

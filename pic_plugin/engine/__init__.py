@@ -1,8 +1,9 @@
 from .hooks import (BatchSamplerPreciseBNHook, ContrastivePriorHook, EvalProgressHook, FeaturePicturesHook,
                     HardClassHook, InstanceCountCheckHook, NaNGuardHook, ShardedTableHook)
-from .optimizers import LazyCorrectedSGD, TransitionProducts
+from .optimizers import AmpLazyCorrectedSGD, LazyCorrectedSGD, LazyCorrectedSGDConstructor
 
 __all__ = [
     'BatchSamplerPreciseBNHook', 'ContrastivePriorHook', 'EvalProgressHook', 'FeaturePicturesHook', 'HardClassHook',
-    'InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook', 'LazyCorrectedSGD', 'TransitionProducts'
+    'InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook', 'AmpLazyCorrectedSGD', 'LazyCorrectedSGD',
+    'LazyCorrectedSGDConstructor'
 ]

@@ -1,5 +1,5 @@
-from .feature_pictures import (cosine_neighbours, draw_feature_pictures, embed_2d, neighbour_matches,
-                               retrieval_grid, scatter_image)
+from .feature_pictures import (cosine_neighbours, draw_feature_pictures, embed_2d, neighbour_matches, retrieval_grid,
+                               scatter_image)
 from .knn_features import KNNFeatureCollector, KNNFeatures, display_image, swaps_channels
 
 __all__ = [

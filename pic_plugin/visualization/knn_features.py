@@ -17,9 +17,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from mmengine.dist import all_gather_object
+from mmpretrain.structures import DataSample
 from torch import Tensor, nn
 
-from mmpretrain.structures import DataSample
 from pic_plugin.datasets.knn_splits import KNNSplits
 
 

@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
+from mmdet.datasets import CocoDataset
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmdet.datasets import CocoDataset
 from PIL import Image
 
 from conftest import REPO_ROOT, bin_path, run_cli
@@ -183,8 +183,9 @@ def write_stand_in_pretraining_checkpoint(path: Path) -> int:
     Returns:
         int: The number of backbone tensors.
     """
-    import pic_plugin  # noqa: F401  (registers InstanceClassification)
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
+
+    import pic_plugin  # noqa: F401  (registers InstanceClassification)
     cfg = Config.fromfile(REPO_ROOT / 'configs' / 'pic_r50.py')
     cfg.model.head.num_classes = 64
     if cfg.model.head.get('negatives') == 'recent':

@@ -7,9 +7,9 @@ import pytest
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS
 
 from conftest import REPO_ROOT
-from mmpretrain.registry import MODELS
 
 SEMI = REPO_ROOT / 'configs' / 'benchmarks' / 'semi'
 # (config, the SimCLR-recipe config it inherits, the classifier's lr)

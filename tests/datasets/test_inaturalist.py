@@ -14,11 +14,11 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
+from mmpretrain.registry import DATASETS, MODELS
 from PIL import Image
 
 import pic_plugin  # noqa: F401  (registers INaturalist2018)
 from conftest import REPO_ROOT
-from mmpretrain.registry import DATASETS, MODELS
 from pic_plugin.datasets import INaturalist2018
 
 INAT_CONFIG = REPO_ROOT / 'configs' / 'benchmarks' / 'inat18' / 'resnet50_8xb32-ft-coslr-100e_inat18.py'

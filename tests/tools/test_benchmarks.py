@@ -55,6 +55,12 @@ def check_head_step_output(out: str, schedule: str, timed_steps: int) -> None:
     for tensors in ('gathered', 'logits + grad', 'row grads', 'written back'):
         assert len(set(table_rows(out, tensors)[0][1:])) == 1, tensors
     assert len(table_rows(out, 'correct (Eq. 3)')[0]) == 3
+    # the largest N beside its bare operations, timed in the same run
+    assert re.search(r'head step / matrix products = \d+\.\d\d: goal <= 1\.5 (met|NOT met)', out)
+    for phase, bare in (('logits + loss + backward', 'matrix products'), ('gather', 'bare gather'),
+                        ('write back', 'bare write')):
+        cells = next(row for row in table_rows(out, phase) if len(row) == 5)  # the phase / bare table
+        assert cells[2] == bare and float(cells[1]) > 0 and float(cells[4]) > 0
 
 
 def test_head_step_command_prints_flat_bytes_for_sampled_rows_and_linear_for_dense(tmp_path):

@@ -2,9 +2,8 @@
 that cannot be loaded."""
 import sys
 
-from image_folders import write_image_folder
-
 from conftest import REPO_ROOT, run_cli
+from image_folders import write_image_folder
 
 CONFIG = REPO_ROOT / 'configs' / 'pic' / 'pic_resnet18-w16_1xb128-coslr-20e_imagefolder.py'
 

@@ -2,16 +2,13 @@
 
 Each run uses the first 256 training images (mmengine's ``indices``), so an epoch is 2 iterations.
 """
-import argparse
 import re
 import shutil
 import sys
 
 import pytest
-from mmengine.config import Config
 
 from conftest import REPO_ROOT, TINY_CONFIG, bin_path, run_cli
-from train import AMP_REPLACES_LAZY_ROWS, merge_args
 
 SUBSET = 256
 SHORT_RUN = ['--cfg-options', f'train_dataloader.dataset.indices={SUBSET}', f'model.head.num_classes={SUBSET}',
@@ -84,13 +81,3 @@ def test_demo_prints_random_and_trained_knn(digits_workspace, tmp_path):
                       TINY_CONFIG, '--cfg-options', 'train_cfg.max_epochs=1'], cwd=digits_workspace)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r'random init: +\d+\.\d+%\n +pre-trained: +\d+\.\d+%', result.stdout), result.stdout[-2000:]
-
-
-def test_tools_train_amp_never_drops_the_row_update(tmp_path):
-    args = argparse.Namespace(no_validate=False, launcher='none', work_dir=str(tmp_path), amp=True, resume=None,
-                              auto_scale_lr=False, cfg_options=None)
-    with pytest.raises(ValueError, match=re.escape(AMP_REPLACES_LAZY_ROWS)):
-        merge_args(Config.fromfile(TINY_CONFIG), args)  # PIC: LazyCorrectedSGD trains the rows
-    npid = merge_args(Config.fromfile(REPO_ROOT / 'configs' / 'npid' / 'npid_resnet18-w16_1xb128-coslr-20e_digits.py'),
-                      args)
-    assert npid.optim_wrapper.type == 'AmpOptimWrapper'  # NPID's bank is no optimiser's business

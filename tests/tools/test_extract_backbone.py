@@ -10,11 +10,10 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
-
 from mmpretrain.registry import MODELS
-from model_converters.extract_backbone import export_backbone
 
 from conftest import REPO_ROOT, TINY_CONFIG, run_cli
+from model_converters.extract_backbone import export_backbone
 
 TOOL = REPO_ROOT / 'tools' / 'model_converters' / 'extract_backbone.py'
 SUBSET = 256

@@ -26,7 +26,7 @@ def test_two_process_full_classifier_saves_the_whole_table_and_resumes_exactly(d
     straight = dist_train(tmp_path / 'straight', cwd=digits_workspace)
     assert straight.returncode == 0, straight.stderr[-4000:]
     first_epoch = load_checkpoint(tmp_path / 'straight' / 'epoch_1.pth')
-    table = first_epoch['state_dict']['head.table.weight']
+    table = first_epoch['state_dict']['head.rows.weight']
     assert table.shape == (SUBSET, 128)  # both ranks' shards, gathered by ShardedTableHook
     # the contrastive prior wrote unit-scale projections into every row before training moved them
     assert (table.norm(dim=1) > 0.5).all()

@@ -6,9 +6,8 @@ epoch, no loader workers.
 """
 import sys
 
-from image_folders import write_image_folder, write_labelled_split
-
 from conftest import REPO_ROOT, load_checkpoint, run_cli
+from image_folders import write_image_folder, write_labelled_split
 
 CONFIGS = REPO_ROOT / 'configs' / 'pic'
 CONFIG = CONFIGS / 'pic_resnet18-w16_1xb128-coslr-20e_imagefolder.py'
@@ -29,7 +28,7 @@ def assert_trained(result, work_dir, epoch, num_images):
             f'{num_images} rows') in log
     assert f'Epoch(train) [{epoch}][2/2]' in log  # 64 images, batches of 32
     state = load_checkpoint(work_dir / f'epoch_{epoch}.pth')['state_dict']
-    assert state['head.table.weight'].shape == (num_images, 128)
+    assert state['head.rows.weight'].shape == (num_images, 128)
     return log, state
 
 

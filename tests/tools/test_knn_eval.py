@@ -8,12 +8,11 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
-
 from mmpretrain.registry import MODELS
-from pic_plugin.evaluation.metrics.weighted_knn import topk_accuracy, weighted_knn_classify
 
 from conftest import REPO_ROOT, run_cli
 from knn_eval import build_config
+from pic_plugin.evaluation.metrics.weighted_knn import topk_accuracy, weighted_knn_classify
 
 NPID_TINY_CONFIG = REPO_ROOT / 'configs' / 'npid' / 'npid_resnet18-w16_1xb128-coslr-20e_digits.py'
 OPTIONS = ['val_dataloader.dataset.train.indices=300', 'val_dataloader.num_workers=0']

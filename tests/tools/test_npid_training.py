@@ -13,12 +13,10 @@ from mmengine.config import Config
 from mmengine.dataset import Compose, default_collate
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS
 from PIL import Image
 
-from mmpretrain.registry import MODELS
-
 import pic_plugin  # noqa: F401  (registers the components)
-
 from conftest import REPO_ROOT, assert_same_training_state, load_checkpoint, run_cli
 
 NPID_TINY_CONFIG = REPO_ROOT / 'configs' / 'npid' / 'npid_resnet18-w16_1xb128-coslr-20e_digits.py'

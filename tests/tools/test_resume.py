@@ -35,10 +35,10 @@ def test_resume_equals_the_uninterrupted_run(digits_workspace, tmp_path):
     state = load_checkpoint(tmp_path / 'straight' / 'epoch_4.pth')
     resumed = load_checkpoint(tmp_path / 'resumed' / 'epoch_4.pth')
     assert (state['meta']['epoch'], state['meta']['iter']) == (resumed['meta']['epoch'], resumed['meta']['iter'])
-    for part in ('state_dict', 'optimizer'):  # optimizer: SGD state and the lazy correction's transitions
+    for part in ('state_dict', 'optimizer'):  # state_dict: the rows with their transitions; optimizer: SGD state
         assert_same_training_state(state[part], resumed[part], part)
     # rows really were skipped for a while and caught up later (0 < last update < the final step 16)
-    last_step = state['state_dict']['head.table.last_step']
+    last_step = state['state_dict']['head.rows.last_step']
     assert int(last_step.max()) == 16 and ((last_step > 0) & (last_step < 16)).any()
 
 

@@ -14,10 +14,9 @@ import torchvision
 from mmengine.config import Config
 from mmengine.logging import HistoryBuffer
 from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from mmpretrain.registry import MODELS
 
 from conftest import REPO_ROOT, run_cli
 
@@ -65,7 +64,7 @@ def pretraining_checkpoint(path: Path, backbone_cfg: dict, backbone: nn.Module, 
     """Save ``backbone`` as the backbone of a pre-training checkpoint."""
     state_dict = OrderedDict(('backbone.' + key, value) for key, value in backbone.state_dict().items())
     state_dict['neck.mlp.0.weight'] = torch.randn(8, 4)
-    state_dict['head.table.weight'] = torch.randn(16, 8)
+    state_dict['head.rows.weight'] = torch.randn(16, 8)
     cfg = Config(dict(model=dict(type='InstanceClassification', backbone=backbone_cfg)))
     torch.save(dict(meta=dict(cfg=cfg.pretty_text) if with_config else dict(), state_dict=state_dict,
                     message_hub=dict(log_scalars={'train/loss': HistoryBuffer([1.0], [1])})), path)

@@ -8,9 +8,8 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from PIL import Image
-
 from mmpretrain.registry import MODELS
+from PIL import Image
 
 from conftest import REPO_ROOT, TINY_CONFIG, run_cli
 from visualize_features import build_config

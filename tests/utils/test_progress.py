@@ -1,10 +1,10 @@
 """track_progress / PassProgress: rank 0 draws mmengine's ProgressBar and logs a summary; other ranks stay quiet."""
 import re
 
-from progress_output import captured_progress
-
-from pic_plugin.utils import PassProgress, track_progress
+from pic_plugin.utils import PassProgress
 from pic_plugin.utils import progress as progress_module
+from pic_plugin.utils import track_progress
+from progress_output import captured_progress
 
 BATCHES = [list(range(4)), list(range(4)), list(range(2))]  # 10 images in batches of 4, 4, 2
 

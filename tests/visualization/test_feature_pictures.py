@@ -9,8 +9,7 @@ import torch
 
 from pic_plugin.visualization import (KNNFeatures, cosine_neighbours, draw_feature_pictures, embed_2d,
                                       neighbour_matches, retrieval_grid, scatter_image)
-from pic_plugin.visualization.feature_pictures import (QUERY_COLOUR, RIGHT_COLOUR, UNLABELLED_COLOUR,
-                                                       WRONG_COLOUR)
+from pic_plugin.visualization.feature_pictures import QUERY_COLOUR, RIGHT_COLOUR, UNLABELLED_COLOUR, WRONG_COLOUR
 
 
 def brute_force_neighbours(queries: np.ndarray, references: np.ndarray, k: int) -> np.ndarray:

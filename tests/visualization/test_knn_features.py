@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 import torch
-
 from mmpretrain.models import SelfSupDataPreprocessor
 from mmpretrain.structures import DataSample
+
 from pic_plugin.datasets import KNNSplits
 from pic_plugin.visualization import KNNFeatureCollector, display_image, swaps_channels
 from pic_plugin.visualization.knn_features import evenly_spaced

@@ -16,10 +16,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from benchmark_utils import (add_common_arguments, apply_common_arguments, interleaved_rounds, median,
-                             print_header, print_table, spread)
 from torch import Tensor
 
+from benchmark_utils import (add_common_arguments, apply_common_arguments, interleaved_rounds, median, print_header,
+                             print_table, spread)
 from pic_plugin.models.utils.hard_classes import DEFAULT_BLOCKS, GROUP_SIZE, top_k_similar_rows
 
 RATIO_GOAL = 1.5

@@ -5,10 +5,14 @@
 
 One step is what the classifier adds to a training iteration: a tiny ``nn.Linear`` turns a fixed input into the
 ``(B, D)`` features (so the model's own step is trivial), ``InstanceClsHead.loss`` gathers the rows of the step
-from its ``RowTable``, brings them forward with ``LazyCorrectedSGD`` (PIC Eq. 3), computes the cosine logits
-and the cross-entropy (PIC Eq. 1), then ``LazyCorrectedSGD.update_params`` runs the backward pass, the SGD
-step of the Linear and of the gathered rows (PIC Eq. 2) and writes the rows back. Every step has its own
-learning rate (a cosine), so the correction multiplies genuinely different transitions.
+from its ``LazySGDRows``, brings them forward (PIC Eq. 3), computes the cosine logits and the cross-entropy
+(PIC Eq. 1), then ``LazyCorrectedSGD.update_params`` runs the backward pass, the SGD step of the Linear and of
+the gathered rows (``rows.step``, PIC Eq. 2) and writes the rows back. Every step has its own learning rate (a
+cosine), so the correction multiplies genuinely different transitions.
+
+Bounds: for the largest N, the step is timed interleaved with the operations it cannot do without at its own
+shapes (its three matrix products; a bare ``index_select`` and ``index_copy_`` of its rows), and the ratio of
+the step to the matrix products is printed against the goal of 1.5, with each phase beside its bare operation.
 
 Two modes of the same head are timed:
 
@@ -28,7 +32,7 @@ lives at a time and the sweep over N is repeated ``--sweeps`` times. ``auto`` pi
 tables fit in 80% of the available memory. The output says which was used.
 
 Bytes on the accelerator per step: the tensors a step moves to or creates on the compute device, read from
-the shapes actually used (a wrapper around ``RowTable.gather`` and ``RowTable.write`` and the gathered rows'
+the shapes actually used (a wrapper around ``RowStorage.gather`` and ``RowStorage.write`` and the gathered rows'
 gradient): gathered rows, their momentum and last step; the ``(B, C)`` logits and their gradient; the rows'
 gradient; the updated rows written back. Intermediates of the same shapes (normalised copies, the float64
 correction) scale alike and are not added. The same instrumented steps time the phases of a step, to show
@@ -39,18 +43,19 @@ import gc
 import math
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import torch
-from benchmark_utils import (DistinctIndexStream, add_common_arguments, apply_common_arguments, format_bytes,
-                             interleaved_rounds, median, print_header, print_table, spread, synchronize)
 from torch import Tensor, nn
 
+from benchmark_utils import (DistinctIndexStream, add_common_arguments, apply_common_arguments, format_bytes,
+                             interleaved_rounds, median, print_header, print_table, spread, synchronize)
 from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
 from pic_plugin.models.heads.instance_cls_head import InstanceClsHead
-from pic_plugin.models.utils.row_table import available_host_memory
+from pic_plugin.models.utils.row_storage import available_host_memory
 
 FLAT_GOAL = 1.10
+MATMUL_GOAL = 1.5  # the head step against its three matrix products
 PHASES = ('recent classes', 'gather', 'correct (Eq. 3)', 'logits + loss', 'backward',
           'SGD update (Eq. 2)', 'write back')
 
@@ -68,12 +73,12 @@ class HeadStep:
         self.device = torch.device(args.device)
         self.base_lr = 0.03
         self.features = nn.Linear(args.dim, args.dim).to(self.device)
-        # .to() moves the head's buffers (the recent negatives' FIFO); the table places itself (RowTable.place_on)
+        # .to() moves the head's buffers (the recent negatives' FIFO); the rows place themselves (RowStorage.place_on)
         self.head = InstanceClsHead(num_classes=num_rows, in_channels=args.dim, negatives=negatives,
                                     num_negatives=args.num_negatives, placement=args.placement).to(self.device)
         self.optim = LazyCorrectedSGD(torch.optim.SGD(self.features.parameters(), lr=self.base_lr,
                                                       momentum=0.9, weight_decay=1e-4))
-        self.optim.attach(self.head)
+        self.optim.register_rows(self.head)
         self.inputs = torch.randn(args.batch_size, args.dim, device=self.device)  # (B, D)
         self.stream = DistinctIndexStream(num_rows, args.batch_size, args.seed)
         self.indices = self.stream.next_batch().to(self.device)  # (B,)
@@ -84,7 +89,7 @@ class HeadStep:
 
     def _set_learning_rate(self) -> None:
         """A cosine over 100k steps: every step gets its own lr, so its transition (Eq. 3) differs."""
-        lr = self.base_lr * 0.5 * (1 + math.cos(math.pi * self.optim.num_steps / 100_000))
+        lr = self.base_lr * 0.5 * (1 + math.cos(math.pi * self.head.rows.num_steps / 100_000))
         for group in self.optim.optimizer.param_groups:
             group['lr'] = lr
 
@@ -138,8 +143,8 @@ class StepInstrument:
 
     @contextmanager
     def installed(self) -> Iterator['StepInstrument']:
-        """Wrap the head's, the table's and the optimiser's methods for the duration of the block."""
-        head, table, optim = self.bench.head, self.bench.head.table, self.bench.optim
+        """Wrap the negative selection's and the rows' methods for the duration of the block."""
+        head, table = self.bench.head, self.bench.head.rows
         gather, write = table.gather, table.write
 
         def counting_gather(*args, **kwargs) -> Tensor:
@@ -151,9 +156,9 @@ class StepInstrument:
             self.device_bytes['written back'] += sum(r.numel() * r.element_size() for r in rows.values())
             write(local_indices, **rows)
 
-        patches = [(head, '_recent_classes', self._timed('recent classes', head._recent_classes)),
+        patches = [(head.negatives, 'forward', self._timed('recent classes', head.negatives.forward)),
                    (table, 'gather', self._timed('gather', counting_gather)),
-                   (optim, 'bring_forward', self._timed('correct (Eq. 3)', optim.bring_forward)),
+                   (table, 'bring_forward', self._timed('correct (Eq. 3)', table.bring_forward)),
                    (table, 'write', self._timed('write back', counting_write))]
         for owner, name, wrapper in patches:
             setattr(owner, name, wrapper)
@@ -168,7 +173,7 @@ class StepInstrument:
         bench = self.bench
         bench.draw_indices()
         loss = self._timed('logits + loss', bench.loss)()
-        pending = bench.head.table.pending
+        pending = bench.head.rows.handed_out
         self._timed('backward', bench.optim.backward)(loss)
         classes = pending.weight.shape[0]  # C of the (C, D) rows
         logits_bytes = bench.inputs.shape[0] * classes * pending.weight.element_size()  # (B, C)
@@ -239,8 +244,10 @@ def instrument(bench: HeadStep, steps: int) -> StepProfile:
 
 
 def measure_mode(row_counts: Sequence[int], negatives: str, warmup_steps: int, steps_per_round: int,
-                 profile_steps: int, schedule: str, args: argparse.Namespace) -> ModeResult:
-    """Time every N of one mode with the chosen schedule, then instrument a few more steps of each."""
+                 profile_steps: int, schedule: str, args: argparse.Namespace,
+                 on_bench: Optional[Callable[[int, 'HeadStep'], None]] = None) -> ModeResult:
+    """Time every N of one mode with the chosen schedule, then instrument a few more steps of each; hand each
+    warmed-up head to ``on_bench`` before it is freed."""
     result = ModeResult()
     device = torch.device(args.device)
 
@@ -257,6 +264,9 @@ def measure_mode(row_counts: Sequence[int], negatives: str, warmup_steps: int, s
                                    prepare={str(rows): bench.draw_indices for rows, bench in benches.items()})
         result.times = {rows: times[str(rows)] for rows in row_counts}
         result.profiles = {rows: instrument(bench, profile_steps) for rows, bench in benches.items()}
+        if on_bench is not None:
+            for rows, bench in benches.items():
+                on_bench(rows, bench)
         del benches
     else:
         result.times = {rows: [] for rows in row_counts}
@@ -269,10 +279,69 @@ def measure_mode(row_counts: Sequence[int], negatives: str, warmup_steps: int, s
                 result.times[rows].extend(times['only'])
                 if rows not in result.profiles:
                     result.profiles[rows] = instrument(bench, profile_steps)
+                    if on_bench is not None:
+                        on_bench(rows, bench)
                 del bench
                 gc.collect()
     gc.collect()
     return result
+
+
+def bare_operations(bench: HeadStep) -> Dict[str, Callable[[], None]]:
+    """The operations a step cannot do without, alone, at the shapes and on the tables of ``bench``'s last step.
+
+    * ``matrix products``: the logits ``(B, D) x (D, C)`` and their two gradients, ``(C, B) x (B, D)`` and
+      ``(B, C) x (C, D)`` (PIC Eq. 1): the step's floating-point bound;
+    * ``bare gather``: ``index_select`` of the step's ``C`` rows of the weight, momentum and last step;
+    * ``bare write``: ``index_copy_`` of those rows back (their own values, so the table does not change).
+    """
+    rows, device = bench.head.rows, bench.device
+    classes = torch.unique(torch.cat([bench.head.negatives.recent_indices, bench.indices.cpu()]))
+    classes = classes[classes >= 0].to(rows.weight.device)  # (C,)
+    num_classes, dim, batch = classes.numel(), rows.dim, bench.inputs.shape[0]
+    feats, weight = torch.randn(batch, dim, device=device), torch.randn(num_classes, dim, device=device)
+    grad = torch.randn(batch, num_classes, device=device)
+    gathered = {name: column.index_select(0, classes) for name, column in rows.columns().items()}
+
+    def products() -> None:
+        feats @ weight.t(), grad.t() @ feats, grad @ weight
+
+    def gather() -> None:
+        for column in rows.columns().values():
+            column.index_select(0, classes)
+
+    def write() -> None:
+        for name, column in rows.columns().items():
+            column.index_copy_(0, classes, gathered[name])
+
+    return {'matrix products': products, 'bare gather': gather, 'bare write': write}
+
+
+def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> None:
+    """Time the head step beside its bare operations (interleaved) and print how far each phase is from its own."""
+    operations = bare_operations(bench)
+    times = interleaved_rounds({'head step': bench, **operations}, args.rounds, args.steps_per_round,
+                               bench.device,
+                               prepare={name: bench.draw_indices if name == 'head step' else (lambda: None)
+                                        for name in ['head step', *operations]})
+    seconds = {name: median(values) for name, values in times.items()}
+    ratio = seconds['head step'] / seconds['matrix products']
+    verdict = 'met' if ratio <= MATMUL_GOAL else 'NOT met'
+    print(f'\nN={count_label(num_rows)}: head step against its bare operations (interleaved, {args.rounds} rounds x '
+          f'{args.steps_per_round} steps; median ms)')
+    print_table(['operation', 'median ms', 'IQR'],
+                [[name, f'{1000 * seconds[name]:.1f}', spread(times[name])] for name in times])
+    print(f'head step / matrix products = {ratio:.2f}: goal <= {MATMUL_GOAL} {verdict}')
+    profile = instrument(bench, args.profile_steps).phase_milliseconds
+    compute = profile['logits + loss'] + profile['backward']
+    phases = [('logits + loss + backward', compute, 'matrix products'), ('gather', profile['gather'], 'bare gather'),
+              ('write back', profile['write back'], 'bare write')]
+    print(f'phases against their bare operation (instrumented, mean of {args.profile_steps} steps):')
+    print_table(['phase', 'ms', 'bare operation', 'bare ms', 'phase / bare'],
+                [[phase, f'{ms:.2f}', bare, f'{1000 * seconds[bare]:.2f}', f'{ms / (1000 * seconds[bare]):.2f}']
+                 for phase, ms, bare in phases])
+    rest = sum(profile.values()) - sum(ms for _, ms, _ in phases)
+    print(f'the other phases (recent classes, correction, SGD update): {rest:.1f} ms')
 
 
 def count_label(count: int) -> str:
@@ -354,7 +423,13 @@ def main() -> None:
           f'{math.ceil(args.num_negatives / args.batch_size)}), {args.rounds} rounds x {args.steps_per_round} '
           f'steps' + (f' per N, whole sweep repeated {args.sweeps} times' if schedule == 'sweeps' else
                       ' of every N per round, order rotated'), flush=True)
-    sampled = measure_mode(args.rows, 'recent', warmup, args.steps_per_round, args.profile_steps, schedule, args)
+
+    def bounds_of_the_largest(num_rows: int, bench: HeadStep) -> None:
+        if num_rows == max(args.rows):
+            print_bounds(num_rows, bench, args)
+
+    sampled = measure_mode(args.rows, 'recent', warmup, args.steps_per_round, args.profile_steps, schedule, args,
+                           on_bench=bounds_of_the_largest)
     sampled_ratio = print_mode(f'sampled + lazy (negatives=recent, K={args.num_negatives})', sampled, args)
     verdict = 'met' if sampled_ratio <= FLAT_GOAL else 'NOT met'
     print(f't({count_label(max(args.rows))}) / t({count_label(min(args.rows))}) = {sampled_ratio:.3f}: '

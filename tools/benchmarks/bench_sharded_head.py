@@ -21,7 +21,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchmark_utils import format_bytes, median, print_header, print_table
-
 from pic_plugin.engine.optimizers import LazyCorrectedSGD
 from pic_plugin.models.heads import InstanceClsHead
 
@@ -41,7 +40,7 @@ def _rank(rank: int, world_size: int, port: int, args: argparse.Namespace, resul
     head = InstanceClsHead(args.num_rows, DIM, sharded=True)
     optimizer = LazyCorrectedSGD(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9,
                                                  weight_decay=1e-4))
-    optimizer.attach(head)
+    optimizer.register_rows(head)
     local_batch = args.batch // world_size
     generator = torch.Generator().manual_seed(rank)
     times: List[float] = []
@@ -55,7 +54,7 @@ def _rank(rank: int, world_size: int, port: int, args: argparse.Namespace, resul
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # a step lasts as long as its slowest rank
         if step >= args.warmup:
             times.append(float(elapsed))
-    table = head.table
+    table = head.rows
     table_bytes = sum(t.numel() * t.element_size() for t in (table.weight, table.momentum, table.last_step))
     step_bytes = 2 * args.batch * table.num_local_rows * 4  # logits and soft-max of the global batch, fp32
     if rank == 0:

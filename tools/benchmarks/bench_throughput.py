@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple
 
 import torch
-from benchmark_utils import (DistinctIndexStream, add_common_arguments, apply_common_arguments,
-                             interleaved_rounds, median, print_header, print_table, spread)
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper
 from mmpretrain.registry import MODELS
@@ -42,6 +40,8 @@ from mmpretrain.structures import DataSample
 from torch import nn
 
 import pic_plugin  # noqa: F401  (registers InstanceClassification and InstanceClsHead)
+from benchmark_utils import (DistinctIndexStream, add_common_arguments, apply_common_arguments, interleaved_rounds,
+                             median, print_header, print_table, spread)
 from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'pic' / 'pic_resnet18-w16_1xb128-coslr-20e_digits.py'
@@ -110,7 +110,7 @@ class TrainStep:
         self.model.train()
         if spec.cfg['type'] == 'InstanceClassification':
             self.optim_wrapper = LazyCorrectedSGD(sgd(self.model))
-            self.optim_wrapper.attach(self.model)
+            self.optim_wrapper.register_rows(self.model)
             self._fill_recent_queue(args.seed)
         else:
             self.optim_wrapper = OptimWrapper(sgd(self.model))

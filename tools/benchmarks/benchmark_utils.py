@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from pic_plugin.models.utils.row_table import available_host_memory
+from pic_plugin.models.utils.row_storage import available_host_memory
 
 GIB = 1024**3
 

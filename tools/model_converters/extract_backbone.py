@@ -28,9 +28,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmpretrain.registry import MODELS
 from torch import Tensor, nn
 
-from mmpretrain.registry import MODELS
 from pic_plugin.utils import allow_mmengine_checkpoints
 
 BACKBONE_PREFIX = 'backbone.'

@@ -1,6 +1,7 @@
 # A small real-image set for CPU runs: scikit-learn's 1,797 handwritten digits (8x8, upsampled to 32x32 PNGs by
 # tools/prepare_digits.py), 1,500 for training and 297 held out, in mmpretrain's CustomDataset folder layout.
 # Training ignores the digit labels (each image is its own class); the weighted kNN uses them.
+_base_ = ['./weighted_knn_bs256.py']
 dataset_type = 'CustomDataset'
 data_root = 'data/digits/'
 
@@ -26,21 +27,16 @@ train_dataloader = dict(
     collate_fn=dict(type='default_collate'),
     dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train', pipeline=train_pipeline))
 
-# Validation = weighted kNN (NPID Sec. 3.4) of backbone features: the labelled training images vote for the
-# held-out ones.
+# Validation = weighted kNN (NPID Sec. 3.4; weighted_knn_bs256.py) of backbone features: the labelled training
+# images vote for the held-out ones. Written out in full (the kNN piece's loader with the two splits of this data
+# set) because `tools/test.py` / `mim test` evaluate a checkpoint the same way, with the same loader.
 val_dataloader = dict(
-    batch_size=256,
+    _base_.val_dataloader,
     num_workers=2,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    collate_fn=dict(type='default_collate'),
     dataset=dict(
-        type='KNNSplits',
+        _base_.val_dataloader.dataset,
         train=dict(type=dataset_type, data_root=data_root, data_prefix='train', pipeline=test_pipeline),
         test=dict(type=dataset_type, data_root=data_root, data_prefix='test', pipeline=test_pipeline)))
-val_evaluator = dict(type='WeightedKNN', k=200, tau=0.07)
-val_cfg = dict()
-# `tools/test.py` / `mim test` evaluate a checkpoint the same way
 test_dataloader = val_dataloader
-test_evaluator = val_evaluator
+test_evaluator = _base_.val_evaluator
 test_cfg = dict()

@@ -1,5 +1,5 @@
 # ImageNet-1k, one augmented view per image per step (PIC's one branch). Augmentation of SimCLR strength
-# (PIC Sec. 3.1 follows [SimCLR, MoCo v2]; the release uses these values): random resized crop 224 (scale
+# (PIC Sec. 4.1 follows [SimCLR, MoCo v2]; the release uses these values): random resized crop 224 (scale
 # 0.08-1), colour jitter 0.8/0.8/0.8/0.2 applied with p 0.8, grayscale p 0.2, Gaussian blur p 0.5, flip p 0.5.
 dataset_type = 'ImageNet'
 data_root = 'data/imagenet/'
@@ -25,11 +25,11 @@ train_pipeline = [
     dict(type='PackInputs'),  # keeps 'sample_idx' (the instance label) in the metainfo
 ]
 train_dataloader = dict(
-    batch_size=64,  # per GPU; 8 GPUs x 64 = 512 (PIC Sec. 3.1)
+    batch_size=64,  # per GPU; 8 GPUs x 64 = 512 (PIC Sec. 4.1)
     num_workers=8,
     persistent_workers=True,
     pin_memory=True,
-    # PIC Sec. 2.2 / 3.1: windows of W = 2^17 instances sliding by S = 2^14 (gamma = 1 - S/W = 87.5% of the
+    # PIC Sec. 2.2 / 4.1: windows of W = 2^17 instances sliding by S = 2^14 (gamma = 1 - S/W = 87.5% of the
     # instances are revisited after about D = W samples). An "epoch" stays N samples (PIC footnote 2).
     sampler=dict(type='SlidingWindowSampler', window_size=131072, stride=16384),
     collate_fn=dict(type='default_collate'),

@@ -24,9 +24,9 @@ model = dict(
         type='InstanceClsHead',
         num_classes=1281167,  # ImageNet-1k train: one class per image
         in_channels=128,
-        temperature=0.2,  # PIC Sec. 3.1: "tau = 0.2 could generally perform well"
+        temperature=0.2,  # PIC Sec. 4.1: "tau = 0.2 could generally perform well"
         negatives='recent',  # recent-negative sampling (PIC Sec. 2.3) ...
-        num_negatives=65536,  # ... with K = 2^16, the paper's default (Sec. 3.1, Table 2)
+        num_negatives=65536,  # ... with K = 2^16, the paper's default (Sec. 4.1, Table 2)
         init_std=0.01,  # the public PIC release's N(0, 0.01^2) rows
         placement='device'),  # 'host' keeps the 1.28M x 128 table (and momentum) in pinned host memory
 )

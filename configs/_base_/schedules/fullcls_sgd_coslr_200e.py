@@ -1,8 +1,10 @@
 # The full classifier's optimiser (Liu et al., "Implementation details"): SGD, momentum 0.9, weight decay 1e-4,
 # lr 0.48 for the total batch of 4096, 10 epochs of linear warm-up, then cosine annealing. The sharded rows are
-# trained by LazyCorrectedSGD; in the full mode every row is used every step, so it is plain SGD for them.
+# trained by LazyCorrectedSGD (built by its constructor, AmpLazyCorrectedSGD under --amp); in the full mode every
+# row is used every step, so it is plain SGD for them.
 optim_wrapper = dict(
-    type='LazyCorrectedSGD',
+    type='OptimWrapper',
+    constructor='LazyCorrectedSGDConstructor',
     optimizer=dict(type='SGD', lr=0.48, momentum=0.9, weight_decay=1e-4),
     correction=True)
 max_epochs = 200  # the length of the paper's ablations (its Tables 2-5)

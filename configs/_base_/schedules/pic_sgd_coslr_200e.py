@@ -1,9 +1,12 @@
 # PIC's optimiser recipe (the public PIC release): one SGD for backbone, neck and classifier rows,
 # momentum 0.9, weight decay 1e-4, lr = 0.03 x batch / 256 (0.06 for 512), linear warm-up over epochs / 40
 # (5 of 200) from lr / 100, then cosine decay to 0, all per iteration.
-# LazyCorrectedSGD updates the instance rows (PIC Eq. 2-3) and leaves the rest to the SGD below.
+# LazyCorrectedSGDConstructor builds LazyCorrectedSGD, which updates the instance rows (PIC Eq. 2-3) and leaves
+# the rest to the SGD below; under --amp (type='AmpOptimWrapper') AmpLazyCorrectedSGD. On the CPU,
+# --cfg-options optim_wrapper.dtype=bfloat16 trains under bfloat16 autocast.
 optim_wrapper = dict(
-    type='LazyCorrectedSGD',
+    type='OptimWrapper',
+    constructor='LazyCorrectedSGDConstructor',
     optimizer=dict(type='SGD', lr=0.06, momentum=0.9, weight_decay=1e-4),
     correction=True)
 param_scheduler = [

@@ -11,20 +11,13 @@
 #   mim train mmpretrain configs/benchmarks/inat18/resnet50_8xb32-ft-coslr-100e_inat18.py --launcher pytorch \
 #       --gpus 8 --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/pic_r50_backbone.pth
 _base_ = [
-    'mmpretrain::_base_/models/resnet50.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../../_base_/benchmarks/resnet50_pic-pre.py',
+    '../../_base_/benchmarks/sgd_coslr_finetune.py',
 ]
-# torch >= 2.6 loads checkpoints with weights_only=True, which refuses the message hub of every mmengine runner
-# checkpoint (so `mim test` and `--resume` fail); importing pic_plugin registers its exact allow-list, and
-# INaturalist2018.
-custom_imports = dict(imports=['pic_plugin'], allow_failed_imports=False)
 
 num_classes = 8142  # iNat 2018 species; the category ids 0..8141 are the labels
 model = dict(
-    backbone=dict(
-        norm_cfg=dict(type='SyncBN'),  # BatchNorm trained and synchronised across GPUs (MoCo's fine-tuning)
-        # The backbone written by tools/model_converters/extract_backbone.py (docs/evaluation.md).
-        init_cfg=dict(type='Pretrained', checkpoint='work_dirs/pic_r50_backbone.pth', prefix='backbone.')),
+    backbone=dict(norm_cfg=dict(type='SyncBN')),  # BatchNorm trained and synchronised across GPUs (MoCo's fine-tuning)
     head=dict(num_classes=num_classes))  # a new classifier, mmpretrain's default (normal) init
 
 # The normalisation of pre-training (configs/pic_r50.py): ImageNet mean / std on RGB.
@@ -62,12 +55,6 @@ val_evaluator = dict(type='Accuracy', topk=(1, 5))  # the tables report top-1 an
 test_dataloader = val_dataloader
 test_evaluator = val_evaluator
 
+# No warm-up (as the supervised schedule); `--auto-scale-lr` scales lr 0.1 linearly for another total batch size.
 optim_wrapper = dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4))
-# No warm-up (as the supervised schedule); `end` (and so T_max) defaults to train_cfg.max_epochs
-param_scheduler = dict(type='CosineAnnealingLR', eta_min=0., by_epoch=True, begin=0, convert_to_iter_based=True)
-train_cfg = dict(by_epoch=True, max_epochs=100, val_interval=10)
-val_cfg = dict()
-test_cfg = dict()
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3))
-# 8 GPUs x 32; `--auto-scale-lr` scales lr 0.1 linearly for another total batch size.
-auto_scale_lr = dict(base_batch_size=256)
+train_cfg = dict(max_epochs=100)

@@ -1,11 +1,11 @@
 # Pascal VOC detection (PIC Table 8: AP, AP50, AP75 on VOC07 test) with MoCo's protocol (He et al. 2020,
-# Sec. 4.2, detectron2 config pascal_voc_R_50_C4_24k_moco.yaml): Faster R-CNN R50-C4 fine-tuned on VOC07+12
+# Sec. 4.2, and its detectron2 config for VOC): Faster R-CNN R50-C4 fine-tuned on VOC07+12
 # trainval for 24k iterations at batch 16 (8 GPUs x 2), lr 0.02 with 100 warm-up iterations and x0.1 at 18k and
 # 22k, multi-scale training (short side 480-800) and 800 at test; BatchNorm trained and synchronised (SyncBN) in
 # the backbone and in the res5 box head, no frozen stage; input normalised as in pre-training (RGB, ImageNet
 # mean / std). AP is COCO-style (mean over IoU 0.50:0.95) with VOC07's 11-point AP, as detectron2's VOC07
 # evaluator; the log prints pascal_voc/mAP (= AP), pascal_voc/AP50 and pascal_voc/AP75.
-# MoCo's Base-RCNN-C4-BN.yaml also has its two BatchNorm details, both from the host packages: the res5 box head
+# MoCo's R50-C4 base config also has two BatchNorm details, both from the host packages: the res5 box head
 # is followed by one more (Sync)BN (detectron2's Res5ROIHeadsExtraNorm = mmpretrain's ResLayerExtraNorm, registered
 # in mmdet), and the BN statistics are recomputed on 200 batches of 16 training images after the last iteration
 # (detectron2's TEST.PRECISE_BN = mmpretrain's PreciseBNHook, whose pic_plugin subclass reads the batch size of

@@ -12,30 +12,17 @@
 #   mim train mmpretrain configs/benchmarks/semi/resnet50_8xb32-ft-nesterov-coslr-60e_in1k-1pct.py \
 #       --launcher pytorch --gpus 8 --cfg-options model.backbone.init_cfg.checkpoint=work_dirs/pic_r50_backbone.pth
 _base_ = [
-    'mmpretrain::_base_/models/resnet50.py',
+    '../../_base_/benchmarks/resnet50_pic-pre.py',
     'mmpretrain::_base_/datasets/imagenet_bs32_pil_resize.py',
-    'mmpretrain::_base_/default_runtime.py',
+    '../../_base_/benchmarks/sgd_coslr_finetune.py',
 ]
-# torch >= 2.6 loads checkpoints with weights_only=True, which refuses the message hub of every mmengine runner
-# checkpoint (so `mim test` and `--resume` fail); importing pic_plugin registers its exact allow-list.
-custom_imports = dict(imports=['pic_plugin'], allow_failed_imports=False)
-
 model = dict(
-    backbone=dict(
-        norm_cfg=dict(type='SyncBN'),
-        # The backbone written by tools/model_converters/extract_backbone.py (docs/evaluation.md).
-        init_cfg=dict(type='Pretrained', checkpoint='work_dirs/pic_r50_backbone.pth', prefix='backbone.')),
+    backbone=dict(norm_cfg=dict(type='SyncBN')),
     head=dict(init_cfg=dict(type='Constant', layer='Linear', val=0.)))  # SimCLR's zero_init_logits_layer
 
 train_dataloader = dict(dataset=dict(ann_file='meta/train_1percent.txt'))
 
+# `--auto-scale-lr` applies SimCLR's linear rule for another total batch size (4096 -> lr 0.8).
 optim_wrapper = dict(
     type='OptimWrapper', optimizer=dict(type='SGD', lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.))
-# `end` (and so T_max) defaults to train_cfg.max_epochs
-param_scheduler = dict(type='CosineAnnealingLR', eta_min=0., by_epoch=True, begin=0, convert_to_iter_based=True)
-train_cfg = dict(by_epoch=True, max_epochs=60, val_interval=10)
-val_cfg = dict()
-test_cfg = dict()
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=10, max_keep_ckpts=3))
-# 8 GPUs x 32; `--auto-scale-lr` applies SimCLR's linear rule for another total batch size (4096 -> lr 0.8).
-auto_scale_lr = dict(base_batch_size=256)
+train_cfg = dict(max_epochs=60)

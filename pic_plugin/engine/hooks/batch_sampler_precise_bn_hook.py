@@ -2,11 +2,11 @@
 import copy
 from typing import Iterator
 
-from torch.utils.data import DataLoader
-
 from mmpretrain.engine.hooks import PreciseBNHook
 from mmpretrain.engine.hooks.precise_bn_hook import update_bn_stats
 from mmpretrain.registry import HOOKS
+from torch.utils.data import DataLoader
+
 from .utils import loader_batch_size
 
 

@@ -6,15 +6,13 @@ import torch
 import torch.nn.functional as F
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
+from mmpretrain.registry import HOOKS
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
-from mmpretrain.registry import HOOKS
-from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
-from pic_plugin.models.selfsup.instance_classification import InstanceClassification
-from pic_plugin.models.utils.distributed_softmax import gather_with_grad
-from pic_plugin.models.utils.row_table import RowTable, first_occurrences
+from pic_plugin.models.utils.gather import all_gather_rows
+from pic_plugin.models.utils.row_storage import RowStorage, first_occurrences
 from pic_plugin.utils.progress import track_progress
 from .utils import compute_device, instance_head, loader_batch_size, unwrapped_model
 
@@ -52,7 +50,7 @@ class ContrastivePriorHook(Hook):
     ``shuffle=False``), through the training pipeline (its augmentation included) and the training batch
     size; the first view of each image is used. The projections (backbone -> neck) are gathered from all
     ranks, and each rank writes the rows it owns (all of them unless the table is sharded), once per image.
-    Rows with optimiser state get zero momentum and ``last_step`` = the optimiser's current step. Rank 0 shows
+    The rows get zero momentum as of the current step (``LazySGDRows.assign``). Rank 0 shows
     the pass's progress (images of all ranks, rate, ETA) and logs its duration.
 
     It runs only when training starts from iteration 0: a resumed run (``runner.iter > 0`` after the
@@ -93,9 +91,8 @@ class ContrastivePriorHook(Hook):
             return
         model = unwrapped_model(runner)
         head = instance_head(model, type(self).__name__)
-        table = head.table
+        table = head.rows
         device = compute_device(model, head)
-        optimizer_step = runner.optim_wrapper.num_steps if isinstance(runner.optim_wrapper, LazyCorrectedSGD) else 0
         written = torch.zeros(table.num_local_rows, dtype=torch.bool, device=device)
         feature_norms = []
         loader = self._sequential_loader(runner)
@@ -105,12 +102,10 @@ class ContrastivePriorHook(Hook):
         with torch.no_grad(), batch_norm_only_in_train_mode(model):
             for data_batch in batches:
                 data = model.data_preprocessor(data_batch, False)
-                views = data['inputs']
-                images = views[0] if isinstance(views, (list, tuple)) else views  # (B, C, H, W)
-                features = model.neck(model.backbone(images))[0]  # (B, D)
+                features = model.project(model.views(data['inputs'])[0])  # first view: (B, C, H, W) -> (B, D)
                 feature_norms.append(features.norm(dim=1))
-                labels = InstanceClassification.instance_labels(data['data_samples'], features.device)
-                self._write_rows(table, features, labels, written, optimizer_step)
+                labels = model.instance_labels(data['data_samples'], features.device)
+                self._write_rows(table, features, labels, written)
         num_written = int(written.sum())
         scale = 'unscaled' if self.row_norm is None else f'scaled to norm {self.row_norm}'
         runner.logger.info(f'ContrastivePriorHook: {num_written} of this rank\'s {table.num_local_rows} classifier '
@@ -129,15 +124,14 @@ class ContrastivePriorHook(Hook):
         config.update(self.dataloader)
         return runner.build_dataloader(config, seed=runner.seed)
 
-    def _write_rows(self, table: RowTable, features: Tensor, labels: Tensor, written: Tensor,
-                    optimizer_step: int) -> None:
+    def _write_rows(self, table: RowStorage, features: Tensor, labels: Tensor, written: Tensor) -> None:
         """Write the rows this rank owns among the batches of all ranks; each row once (the first image)."""
         if self.row_norm is not None:
             features = F.normalize(features, dim=1) * self.row_norm
         if features.shape[1] != table.dim:
             raise ValueError(f'the neck projects to {features.shape[1]} dimensions but the classifier rows have '
                              f'{table.dim}: set model.head.in_channels to the neck\'s out_channels.')
-        features, labels = gather_with_grad(features), gather_with_grad(labels)  # (B_all, D), (B_all,)
+        features, labels = all_gather_rows(features), all_gather_rows(labels)  # (B_all, D), (B_all,)
         local = labels - table.row_offset
         owned = (local >= 0) & (local < table.num_local_rows)
         local, features = local[owned], features[owned]
@@ -146,9 +140,4 @@ class ContrastivePriorHook(Hook):
         new = ~written[rows]
         rows, first_image = rows[new], first_image[new]
         written[rows] = True
-        weight = features[first_image]  # (R, D)
-        if table.momentum is None:
-            table.write(rows, weight=weight)
-        else:
-            table.write(rows, weight=weight, momentum=torch.zeros_like(weight),
-                        last_step=torch.full_like(rows, optimizer_step))
+        table.assign(rows, features[first_image])  # (R, D); zero momentum as of the current step

@@ -3,8 +3,8 @@ from typing import Optional
 
 from mmengine.dist import get_world_size
 from mmengine.hooks import Hook
-
 from mmpretrain.registry import HOOKS
+
 from pic_plugin.utils.progress import PassProgress
 
 

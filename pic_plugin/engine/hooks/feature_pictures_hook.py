@@ -4,8 +4,8 @@ from typing import Dict, Optional, Tuple
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
-
 from mmpretrain.registry import HOOKS
+
 from pic_plugin.visualization.feature_pictures import check_embedding_method, draw_feature_pictures
 from pic_plugin.visualization.knn_features import KNNFeatureCollector, display_image, swaps_channels
 from .utils import unwrapped_model

@@ -5,30 +5,28 @@ from typing import Optional
 import torch
 from mmengine.dist import get_dist_info
 from mmengine.hooks import Hook
+from mmpretrain.registry import HOOKS
 from torch import Tensor, nn
 
-from mmpretrain.registry import HOOKS
-from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
-from pic_plugin.models.utils.distributed_softmax import gather_with_grad
+from pic_plugin.models.utils.gather import all_gather_rows
 from pic_plugin.models.utils.hard_classes import top_k_similar_rows
-from pic_plugin.models.utils.row_table import RowTable, shard_sizes
+from pic_plugin.models.utils.lazy_sgd_rows import LazySGDRows
+from pic_plugin.models.utils.row_storage import shard_sizes
 from .utils import compute_device, instance_head, unwrapped_model
-
-BUFFER_NAME = 'hard_classes'
 
 
 @HOOKS.register_module()
 class HardClassHook(Hook):
-    """Store each classifier row's ``k`` most similar rows in the head's ``hard_classes`` buffer.
+    """Give the head each classifier row's ``k`` most similar rows (``head.set_hard_classes``).
 
     Liu et al. (Sec. 3, "Smoothing labels of hardest classes") represent instance ``i`` by its classifier row
     ``w_i``, find the ``k`` rows of highest cosine similarity to it once per epoch, and move ``alpha`` of the
     target's mass onto them (Eq. 2): ``1 - alpha`` on the instance, ``alpha / k`` on each hard class.
-    ``InstanceClsHead`` (``label_smoothing=alpha``) builds that target from the buffer this hook writes: a
-    ``(num_local_rows, k)`` long tensor of global row indices, -1 where not known yet.
+    ``InstanceClsHead`` (``label_smoothing=alpha``) builds that target from what this hook gives it: a
+    ``(num_local_rows, k)`` long tensor of global row indices.
 
     At ``before_train_epoch`` of every ``interval``-th epoch from ``begin_epoch`` on, the hook first brings
-    every row to the current step (``LazyCorrectedSGD.bring_table_forward``: rows skipped by recent steps are
+    every row to the current step (``LazySGDRows.bring_all_forward``: rows skipped by recent steps are
     multiplied by the weight decay and momentum they missed, so their directions are current), then runs
     :func:`~pic_plugin.models.utils.hard_classes.top_k_similar_rows` on the model's device. A sharded table
     is searched shard against shard (a collective over all ranks); a table replicated on several ranks is
@@ -42,7 +40,7 @@ class HardClassHook(Hook):
     ``begin_epoch=1`` there.
 
     The hook also searches at the first epoch of every run that is due to use hard classes (``epoch >=
-    begin_epoch``), resumed runs included: the buffer is not saved in checkpoints (at ImageNet scale it would
+    begin_epoch``), resumed runs included: the hard classes are not saved in checkpoints (at ImageNet scale it would
     add 1 GB to each, and mmengine saves rank 0's copy only). Exact resume follows with the paper's
     ``interval=1``; with a longer interval a resumed run searches once more than an uninterrupted one.
     Epoch-based loops only (an iteration-based loop calls ``before_train_epoch`` once).
@@ -89,41 +87,33 @@ class HardClassHook(Hook):
             return
         model = unwrapped_model(runner)
         head = instance_head(model, type(self).__name__)
-        self._check_buffer(head)
+        self._check_head(head)
         start = time.perf_counter()
-        if isinstance(runner.optim_wrapper, LazyCorrectedSGD) and head.table.last_step is not None:
-            runner.optim_wrapper.bring_table_forward(head.table)
-        self._store(head, self._search(head.table, compute_device(model, head)))
+        head.rows.bring_all_forward()
+        head.set_hard_classes(self._search(head.rows, compute_device(model, head)))
         self.searched_in_this_run = True
-        runner.logger.info(f'HardClassHook: the {self.k} most similar rows of each of {head.table.num_rows} '
+        runner.logger.info(f'HardClassHook: the {self.k} most similar rows of each of {head.rows.num_rows} '
                            f'rows, for epoch {epoch + 1}, in {time.perf_counter() - start:.1f} s.')
 
-    def _check_buffer(self, head: nn.Module) -> None:
-        buffer = head._buffers.get(BUFFER_NAME)
-        if buffer is not None and buffer.shape != (head.table.num_local_rows, self.k):
+    def _check_head(self, head: nn.Module) -> None:
+        if head.num_hard_classes is None:
+            raise ValueError('HardClassHook finds hard classes for label smoothing, but model.head.label_smoothing '
+                             'is 0: set it (the paper uses 0.2), or remove HardClassHook from custom_hooks.')
+        if head.num_hard_classes != self.k:
             raise ValueError(f'HardClassHook(k={self.k}) finds {self.k} hard classes per row, but the head '
-                             f'keeps {buffer.shape[1]}: set k to model.head.num_hard_classes.')
+                             f'keeps {head.num_hard_classes}: set k to model.head.num_hard_classes.')
 
-    def _search(self, table: RowTable, device: torch.device) -> Tensor:
+    def _search(self, rows: LazySGDRows, device: torch.device) -> Tensor:
         """``(num_local_rows, k)`` global indices of the hard classes of this rank's rows."""
-        rows = table.weight.to(device)  # (n, D)
+        weight = rows.weight.to(device)  # (n, D)
         options = dict(chunk_size=self.chunk_size, key_block_size=self.key_block_size, progress=True)
-        if table.world_size > 1:  # sharded: every rank searches its own rows over all shards
-            return top_k_similar_rows(rows, self.k, row_offset=table.row_offset, sharded=True, **options).indices
+        if rows.world_size > 1:  # sharded: every rank searches its own rows over all shards
+            return top_k_similar_rows(weight, self.k, row_offset=rows.row_offset, sharded=True, **options).indices
         rank, world_size = get_dist_info()
         if world_size == 1:
-            return top_k_similar_rows(rows, self.k, **options).indices
+            return top_k_similar_rows(weight, self.k, **options).indices
         # replicated on every rank: each searches one block of rows (as if sharded), then all blocks are shared
-        block_offset = sum(shard_sizes(table.num_rows, world_size)[:rank])
-        block = rows.tensor_split(world_size)[rank]  # the same split as a sharded RowTable
+        block_offset = sum(shard_sizes(rows.num_rows, world_size)[:rank])
+        block = weight.tensor_split(world_size)[rank]  # the same split as sharded rows
         found = top_k_similar_rows(block, self.k, row_offset=block_offset, sharded=True, **options)
-        return gather_with_grad(found.indices)  # (N, k), in rank order
-
-    @staticmethod
-    def _store(head: nn.Module, hard_classes: Tensor) -> None:
-        buffer = head._buffers.get(BUFFER_NAME)
-        if buffer is not None:
-            buffer.copy_(hard_classes)
-        else:
-            # on the model's device, where the head reads it; not in checkpoints: each run recomputes it
-            head.register_buffer(BUFFER_NAME, hard_classes, persistent=False)
+        return all_gather_rows(found.indices)  # (N, k), in rank order

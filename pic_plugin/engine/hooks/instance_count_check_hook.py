@@ -2,8 +2,8 @@
 any other before the first step."""
 from mmengine.hooks import Hook
 from mmengine.runner import BaseLoop
-
 from mmpretrain.registry import HOOKS
+
 from .utils import compute_device, unwrapped_model
 
 
@@ -33,7 +33,7 @@ class InstanceCountCheckHook(Hook):
         num_images = len(runner.train_dataloader.dataset)
         device = compute_device(model, head)  # where the runner put the model
         head.allocate_rows(num_images)
-        head.to(device)  # its new buffers (the hard classes) too; the rows place themselves (RowTable.place_on)
+        head.to(device)  # its new buffers (the hard classes) too; the rows place themselves (RowStorage.place_on)
         runner.logger.info(f"InstanceCountCheckHook: {num_images} training images, so {type(head).__name__} "
                            f"(num_classes='auto') gets {num_images} rows (model.head.num_classes={num_images} "
                            'pins this size).')

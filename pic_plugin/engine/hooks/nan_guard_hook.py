@@ -4,7 +4,6 @@ import os.path as osp
 from typing import Optional
 
 from mmengine.hooks import Hook
-
 from mmpretrain.registry import HOOKS
 
 
@@ -21,11 +20,12 @@ class NaNGuardHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         loss = (outputs or {}).get('loss')
-        if loss is None or math.isfinite(float(loss)):
+        loss = None if loss is None else float(loss.detach())
+        if loss is None or math.isfinite(loss):
             return
         last = osp.join(runner.work_dir, 'last_checkpoint')
         checkpoint = open(last).read().strip() if osp.isfile(last) else None
         advice = (f'the last good checkpoint is {checkpoint}: resume from it with --resume {checkpoint}'
                   if checkpoint else 'no checkpoint was saved yet')
-        raise FloatingPointError(f'loss is {float(loss)} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}); '
+        raise FloatingPointError(f'loss is {loss} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}); '
                                  f'training stopped before saving it, and {advice}, e.g. with a lower lr.')

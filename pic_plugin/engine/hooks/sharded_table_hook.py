@@ -1,31 +1,40 @@
 """Make the checkpoints of a sharded run hold every rank's rows."""
-from typing import Optional
+from typing import Dict, Optional
 
+from mmengine.dist import get_rank
 from mmengine.hooks import CheckpointHook, Hook
-
 from mmpretrain.registry import HOOKS
-from pic_plugin.models.utils.row_table import RowTable
+from torch import Tensor
+
+from pic_plugin.models.utils.gather import gather_rows_to_rank0
+from pic_plugin.models.utils.row_storage import RowStorage, shard_sizes
+from pic_plugin.utils.progress import PassProgress
+from .utils import unwrapped_model
 
 
 @HOOKS.register_module()
 class ShardedTableHook(Hook):
-    """Gather the shards of every sharded :class:`RowTable` to rank 0 before each checkpoint is written.
+    """Gather the shards of every sharded :class:`RowStorage` to rank 0 when a checkpoint is about to be saved.
 
-    mmengine saves checkpoints from rank 0 alone, so without this a sharded classifier (the full classifier's
-    hybrid parallelism) would save rank 0's rows only, and ``RowTable`` refuses such a checkpoint. With it, the
-    checkpoint holds the whole table: it resumes on any number of ranks (each rank loads its slice) and exports
-    as one file. The gather is a collective, so it cannot happen inside the save (rank 0 only); it runs on
-    every rank just before ``CheckpointHook`` (which has a lower priority) writes: after every training epoch
-    of an epoch-based checkpoint schedule (the best-checkpoint save after validation reuses it), after each
-    iteration that the hook's ``interval``, ``save_begin`` and ``save_last`` make a saving one otherwise.
-    Tables that are not sharded are left alone. Rank 0 shows each gather's progress and logs its duration (see
-    :meth:`RowTable.gather_shards_for_checkpoint`).
+    A sharded table is not in the model's ``state_dict`` (no rank holds it whole), and mmengine saves checkpoints
+    from rank 0 alone, so without this hook a sharded classifier (the full classifier's hybrid parallelism) would
+    save none of its rows. With it, the checkpoint
+    holds the whole table: it resumes on any number of ranks (each rank loads its slice) and exports as one
+    file. The gather is a collective, so it cannot happen inside the save (rank 0 only): every rank takes part
+    just before ``CheckpointHook`` (lower priority) saves, and only then: after an epoch or iteration that its
+    ``interval``, ``save_begin`` and ``save_last`` make a saving one, and after validation when it keeps the
+    best checkpoint. Each rank's rows stream to rank 0's host memory a chunk at a time
+    (:func:`~pic_plugin.models.utils.gather.gather_rows_to_rank0`); rank 0 puts them into the checkpoint's
+    ``state_dict`` in ``before_save_checkpoint`` and forgets them. Tables that are not sharded are left alone.
+    Rank 0 shows the gather's progress and logs its duration.
     """
 
     priority = 'ABOVE_NORMAL'
 
     def __init__(self) -> None:
         self.checkpoint_hook: Optional[CheckpointHook] = None
+        self.gathered: Dict[str, Tensor] = {}
+        self.gathered_at: Optional[int] = None
 
     def before_train(self, runner) -> None:
         self.checkpoint_hook = next((hook for hook in runner.hooks if isinstance(hook, CheckpointHook)), None)
@@ -39,11 +48,44 @@ class ShardedTableHook(Hook):
             self._gather(runner)
 
     def after_train_epoch(self, runner) -> None:
-        if self.checkpoint_hook is None or self.checkpoint_hook.by_epoch:
+        hook = self.checkpoint_hook
+        if hook is None or not hook.by_epoch:
+            return
+        if self.every_n_epochs(runner, hook.interval, hook.save_begin) or (
+                hook.save_last and self.is_last_train_epoch(runner)):
             self._gather(runner)
 
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if self.checkpoint_hook is not None and self.checkpoint_hook.save_best is not None:
+            self._gather(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Rank 0: replace the sharded tables' local rows in the checkpoint by the whole tables."""
+        if self.gathered and self.gathered_at == runner.iter:
+            checkpoint['state_dict'].update(self.gathered)
+        elif self._sharded_tables(runner):
+            runner.logger.warning('ShardedTableHook: a checkpoint is saved without a gather of the sharded rows '
+                                  'before it (not on CheckpointHook\'s schedule): it holds none of their rows, and a '
+                                  'run resumed from it starts them afresh.')
+        self.gathered, self.gathered_at = {}, None
+
     @staticmethod
-    def _gather(runner) -> None:
-        for module in runner.model.modules():
-            if isinstance(module, RowTable):
-                module.gather_shards_for_checkpoint()
+    def _sharded_tables(runner) -> Dict[str, RowStorage]:
+        return {name: module for name, module in unwrapped_model(runner).named_modules()
+                if isinstance(module, RowStorage) and module.world_size > 1}
+
+    def _gather(self, runner) -> None:
+        tables = self._sharded_tables(runner)
+        if not tables:
+            return
+        columns = [(f'{name}.{column}', table, tensor) for name, table in tables.items()
+                   for column, tensor in table.columns().items()]
+        progress = PassProgress(sum(table.num_rows for _, table, _ in columns), 'sharded rows gathered for the '
+                                'checkpoint', unit='rows')
+        gathered = {}
+        for key, table, tensor in columns:
+            whole = gather_rows_to_rank0(tensor, shard_sizes(table.num_rows, table.world_size), progress.update)
+            if get_rank() == 0:
+                gathered[key] = whole
+        progress.finish()
+        self.gathered, self.gathered_at = gathered, runner.iter

@@ -13,15 +13,15 @@ def unwrapped_model(runner) -> nn.Module:
 
 
 def instance_head(model: nn.Module, hook_name: str) -> nn.Module:
-    """The model's head that keeps one row per training image in a ``RowTable`` (``head.table``).
+    """The model's instance classifier: the head whose rows are ``LazySGDRows`` (``head.rows``).
 
     Raises:
         ValueError: If the model has no such head.
     """
     head = getattr(model, 'head', None)
-    if head is None or not isinstance(getattr(head, 'table', None), nn.Module):
+    if head is None or not isinstance(getattr(head, 'rows', None), nn.Module):
         raise ValueError(f'{hook_name} works on an instance classifier, but the model\'s head is '
-                         f'{type(head).__name__}, which keeps no row table: use it with '
+                         f'{type(head).__name__}, which keeps no trained rows: use it with '
                          "head=dict(type='InstanceClsHead', ...), or remove it from custom_hooks.")
     return head
 
@@ -32,8 +32,8 @@ def compute_device(model: nn.Module, head: nn.Module) -> torch.device:
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     if tensor is not None:
         return tensor.device
-    table = getattr(head, 'table', None)
-    return table.weight.device if table is not None else torch.device('cpu')
+    rows = getattr(head, 'rows', getattr(head, 'bank', None))
+    return rows.weight.device if rows is not None else torch.device('cpu')
 
 
 def loader_batch_size(loader: DataLoader) -> int:

@@ -1,3 +1,3 @@
-from .lazy_corrected_sgd import LazyCorrectedSGD, TransitionProducts
+from .lazy_corrected_sgd import AmpLazyCorrectedSGD, LazyCorrectedSGD, LazyCorrectedSGDConstructor
 
-__all__ = ['LazyCorrectedSGD', 'TransitionProducts']
+__all__ = ['AmpLazyCorrectedSGD', 'LazyCorrectedSGD', 'LazyCorrectedSGDConstructor']

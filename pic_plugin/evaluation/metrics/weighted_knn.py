@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from mmengine.evaluator import BaseMetric
 from mmengine.structures import BaseDataElement
-from torch import Tensor
-
 from mmpretrain.registry import METRICS
+from torch import Tensor
 
 __all__ = ['WeightedKNN', 'nearest_neighbours', 'weighted_knn_classify', 'top_classes', 'topk_accuracy']
 

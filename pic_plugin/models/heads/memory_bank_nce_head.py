@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from mmengine.dist import all_reduce, get_dist_info
 from mmengine.model import BaseModule
+from mmpretrain.registry import MODELS
 from torch import Tensor
 
-from mmpretrain.registry import MODELS
-from ..utils.distributed_softmax import gather_with_grad
-from ..utils.row_table import RowTable, first_occurrences
+from ..utils.distributed_softmax import at_least_float32
+from ..utils.gather import all_gather_rows
+from ..utils.row_storage import RowStorage, first_occurrences
 
 LOSS_MODES = ('nce', 'softmax')
 
@@ -20,7 +21,7 @@ class MemoryBankNCE(BaseModule):
     """Non-parametric instance discrimination with a memory bank (NPID, Wu et al. 2018, Sec. 3).
 
     Every training image ``i`` is its own class, represented not by a weight but by ``v_i``, a unit-norm
-    running average of its own past features kept in a memory bank ``V`` (a :class:`RowTable` of ``N x D``
+    running average of its own past features kept in a memory bank ``V`` (a :class:`RowStorage` of ``N x D``
     rows, initialised as random unit vectors, never back-propagated into). A projected feature is
     L2-normalised to ``f`` and compared with bank rows by ``v^T f / tau``.
 
@@ -81,7 +82,7 @@ class MemoryBankNCE(BaseModule):
             Defaults to 0.5 (the reference implementation's ``nce-m``).
         proximal_weight (float): ``lambda`` of the proximal term (Eq. 9-10); 0 turns it off. Defaults to 0.
         noise_seed (int): Base seed of the noise draws. Defaults to 0.
-        placement (str): ``'device'`` or ``'host'``: where the bank lives (see ``RowTable``).
+        placement (str): ``'device'`` or ``'host'``: where the bank lives (see ``RowStorage``).
             Defaults to 'device'.
         init_cfg (dict, optional): Initialisation config of the module. Defaults to None.
     """
@@ -118,7 +119,7 @@ class MemoryBankNCE(BaseModule):
         self.noise_seed = noise_seed
         self.bank_cfg = dict(dim=in_channels, placement=placement)
         self.num_classes: Optional[int] = None
-        self.bank: Optional[RowTable] = None
+        self.bank: Optional[RowStorage] = None
         # Z of Eq. 8; 0 until estimated from the first batch.
         self.register_buffer('normaliser', torch.zeros((), dtype=torch.float64))
         self.register_buffer('num_steps', torch.zeros((), dtype=torch.long))
@@ -133,16 +134,17 @@ class MemoryBankNCE(BaseModule):
             num_classes (int): The size of the training set.
 
         Raises:
-            ValueError: If ``num_classes`` is not a positive int (``RowTable`` checks it), or not above
+            ValueError: If ``num_classes`` is not a positive int (``RowStorage`` checks it), or not above
                 ``num_noise`` in the NCE mode.
         """
-        bank = RowTable(num_classes, init='unit', with_optim_state=False, **self.bank_cfg)
+        bank = RowStorage(num_classes, init='unit', **self.bank_cfg)
         if self.loss_mode == 'nce' and self.num_noise >= num_classes:
             raise ValueError(f'num_noise={self.num_noise} must lie in [1, num_classes - 1 = {num_classes - 1}]: '
                              "lower model.head.num_noise for a small data set, or use loss='softmax', which "
                              'compares with all rows.')
         self.num_classes, self.bank = num_classes, bank
 
+    @torch.compiler.disable  # data-dependent shapes (row gathers, unique, FIFO): eager under torch.compile
     def loss(self, feats: Tensor, sample_idx: Tensor) -> Dict[str, Tensor]:
         """The NPID loss of a batch, then the momentum update of the batch's bank rows.
 
@@ -174,7 +176,7 @@ class MemoryBankNCE(BaseModule):
     def _softmax_loss(self, features: Tensor, local_indices: Tensor) -> Tensor:
         """Eq. 2-3: cross-entropy of ``v_j^T f / tau`` over all ``N`` bank rows."""
         all_rows = self.bank.gather(torch.arange(self.num_classes, device=features.device), features.device)
-        logits = features @ all_rows.t() / self.temperature  # (B, D) x (D, N) -> (B, N)
+        logits = at_least_float32(features @ all_rows.t()) / self.temperature  # (B, D) x (D, N) -> (B, N)
         return F.cross_entropy(logits, local_indices)
 
     def _nce_loss(self, features: Tensor, positives: Tensor) -> Tensor:
@@ -182,11 +184,13 @@ class MemoryBankNCE(BaseModule):
         batch_size, dim = features.shape
         noise_indices = self._draw_noise(batch_size, features.device)  # (B, m)
         noise_rows = self.bank.gather(noise_indices.flatten(), features.device).view(batch_size, -1, dim)
-        positive_logits = (positives * features).sum(dim=1) / self.temperature  # (B,)
-        noise_logits = torch.bmm(noise_rows, features.unsqueeze(2)).squeeze(2) / self.temperature  # (B, m)
+        # float32 logits also under autocast (the bmm may run in bfloat16 / float16): the softplus terms sum m of them
+        positive_logits = at_least_float32((positives * features).sum(dim=1)) / self.temperature  # (B,)
+        noise_products = torch.bmm(noise_rows, features.unsqueeze(2)).squeeze(2)  # (B, m)
+        noise_logits = at_least_float32(noise_products) / self.temperature
         if self.normaliser <= 0:
             self._estimate_normaliser(noise_logits.detach())
-        log_normaliser = torch.log(self.normaliser).to(features.dtype)
+        log_normaliser = torch.log(self.normaliser).to(noise_logits.dtype)
         log_noise_odds = math.log(self.num_noise / self.num_classes)  # log(m P_n)
         # With log P = logit - log Z (Eq. 4): -log h = softplus(log(m P_n) - log P) and
         # -log(1 - h) = softplus(log P - log(m P_n)) (Eq. 6), written so that no exp overflows.
@@ -215,7 +219,7 @@ class MemoryBankNCE(BaseModule):
     @torch.no_grad()
     def _update_bank(self, features: Tensor, local_indices: Tensor) -> None:
         """``v_i <- normalise(m_bank v_i + (1 - m_bank) f_i)`` for every image of the batch of all ranks."""
-        features, indices = gather_with_grad(features), gather_with_grad(local_indices)  # (G, D), (G,)
+        features, indices = all_gather_rows(features), all_gather_rows(local_indices)  # (G, D), (G,)
         unique_indices, first = first_occurrences(indices)  # (U,), (U,)
         old_rows = self.bank.gather(unique_indices, features.device)  # (U, D)
         new_rows = self.bank_momentum * old_rows + (1 - self.bank_momentum) * features[first]  # (U, D)

@@ -3,12 +3,11 @@ from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
+from mmengine.optim import OptimWrapper
 from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
-
+from torch import Tensor
 
 KNN_FEATURES = ('backbone', 'projection')
 
@@ -33,6 +32,8 @@ class InstanceClassification(BaseSelfSupervisor):
         head (dict): Loss head config: ``InstanceClsHead`` or ``MemoryBankNCE``.
         knn_feature (str): What ``'predict'`` mode evaluates: ``'backbone'`` or ``'projection'`` (see above).
             Defaults to 'backbone'.
+        channels_last (bool): Keep the convolution weights and the images in the channels-last memory format
+            (faster convolutions on recent GPUs and CPUs with AMX / AVX-512). Defaults to False.
         data_preprocessor (dict, optional): Defaults to mmpretrain's ``SelfSupDataPreprocessor``.
         init_cfg (dict, optional): Initialisation config. Defaults to None.
     """
@@ -42,6 +43,7 @@ class InstanceClassification(BaseSelfSupervisor):
                  neck: dict,
                  head: dict,
                  knn_feature: str = 'backbone',
+                 channels_last: bool = False,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         if knn_feature not in KNN_FEATURES:
@@ -50,6 +52,16 @@ class InstanceClassification(BaseSelfSupervisor):
         super().__init__(backbone=backbone, neck=neck, head=head, data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
         self.knn_feature = knn_feature
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.to(memory_format=torch.channels_last)  # the 4-d weights; Module.to(device) keeps their strides
+
+    def init_weights(self) -> None:
+        """mmengine's initialisation, drawn in the contiguous format: random fills follow memory order, so
+        channels-last weights would get other values than the same config trains with contiguously."""
+        self.to(memory_format=torch.contiguous_format)
+        super().init_weights()
+        self.to(memory_format=self.memory_format)
 
     def forward(self,
                 inputs: Union[Tensor, List[Tensor]],
@@ -59,6 +71,31 @@ class InstanceClassification(BaseSelfSupervisor):
         if mode == 'predict':
             return self.predict(inputs, data_samples)
         return super().forward(inputs, data_samples, mode)
+
+    def train_step(self, data: Union[dict, tuple, list], optim_wrapper: OptimWrapper) -> Dict[str, Tensor]:
+        """mmengine's ``BaseModel.train_step`` (preprocess, forward, parse, update), with two differences:
+
+        * it refuses an optimiser wrapper that would leave the instance rows untrained (e.g. a plain
+          ``AmpOptimWrapper`` that ``--amp`` put in place of ``LazyCorrectedSGD``);
+        * the data preprocessor runs eagerly under ``torch.compile`` (mmengine's ``compile=True`` compiles this
+          method): it copies each sample's metainfo, whose strings would make every batch recompile.
+        """
+        if getattr(self.head, 'rows', None) is not None and not getattr(optim_wrapper, 'trains_instance_rows', False):
+            raise TypeError(
+                f'optim_wrapper is {type(optim_wrapper).__name__}, which does not train the instance rows of '
+                f"{type(self.head).__name__} (PIC Eq. 2-3): set optim_wrapper=dict(type='OptimWrapper', "
+                "constructor='LazyCorrectedSGDConstructor', optimizer=dict(type='SGD', ...)) in the config; with "
+                "it, --amp (type='AmpOptimWrapper') keeps the row update.")
+        with optim_wrapper.optim_context(self):
+            data = self._preprocess(data)
+            losses = self._run_forward(data, mode='loss')
+        parsed_losses, log_vars = self.parse_losses(losses)
+        optim_wrapper.update_params(parsed_losses)
+        return log_vars
+
+    @torch.compiler.disable
+    def _preprocess(self, data: Union[dict, tuple, list]) -> Union[dict, list]:
+        return self.data_preprocessor(data, True)
 
     def loss(self, inputs: List[Tensor], data_samples: List[DataSample]) -> Dict[str, Tensor]:
         """Project every view of each image and classify it as its own instance.
@@ -73,13 +110,22 @@ class InstanceClassification(BaseSelfSupervisor):
         Returns:
             dict[str, Tensor]: The head's losses.
         """
-        views = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        views = self.views(inputs)
         images = torch.cat(views)  # (V * B, C, H, W)
         labels = self.instance_labels(data_samples, images.device).repeat(len(views))  # (V * B,)
-        projections = self.neck(self.backbone(images))[0]  # (V * B, D)
-        return self.head.loss(projections, labels)
+        return self.head.loss(self.project(images), labels)  # (V * B, D), (V * B,)
+
+    def project(self, images: Tensor) -> Tensor:
+        """Backbone, then neck: the ``(B, D)`` projected features the head classifies."""
+        return self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))[0]
 
     @staticmethod
+    def views(inputs: Union[Tensor, List[Tensor]]) -> List[Tensor]:
+        """The views of a preprocessed batch as a list of ``(B, C, H, W)`` tensors (one or several per image)."""
+        return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+    @staticmethod
+    @torch.compiler.disable  # built from Python ints: traced, every batch would recompile
     def instance_labels(data_samples: List[DataSample], device: torch.device) -> Tensor:
         """The instance class of every sample: its ``sample_idx`` in the training set, ``(B,)``.
 
@@ -99,11 +145,11 @@ class InstanceClassification(BaseSelfSupervisor):
     @torch.no_grad()
     def predict(self, inputs: List[Tensor], data_samples: List[DataSample]) -> List[DataSample]:
         """Store each image's pooled backbone feature, or its normalised projection, as ``knn_feature``."""
-        images = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        images = self.views(inputs)[0]
         if self.knn_feature == 'projection':
-            features = F.normalize(self.neck(self.backbone(images))[0], dim=1)  # (B, D)
+            features = F.normalize(self.project(images), dim=1)  # (B, D)
         else:
-            feature_map = self.backbone(images)[-1]  # (B, C, H, W)
+            feature_map = self.backbone(images.contiguous(memory_format=self.memory_format))[-1]  # (B, C, H, W)
             features = feature_map.mean(dim=(2, 3)) if feature_map.dim() == 4 else feature_map  # (B, C)
         for sample, feature in zip(data_samples, features):
             sample.set_field(feature, 'knn_feature')

@@ -3,59 +3,27 @@
 The backbone is data-parallel, the classifier is model-parallel: rank ``r`` holds the rows of classes
 ``[offset_r, offset_r + C_r)``. One step (Liu et al., "one-million-way instance classifier", Sec. 3):
 
-1. :func:`gather_with_grad` all-gathers the features (and labels) of the global batch, ``(B_r, D) -> (B, D)``;
+1. ``gather.all_gather_rows_with_grad`` all-gathers the features of the global batch, ``(B_r, D) -> (B, D)``,
+   and ``gather.all_gather_rows`` their labels;
 2. each rank computes the logits of the whole batch for its own classes, ``(B, C_r)``;
 3. :func:`sharded_cross_entropy` all-reduces the row-wise max and the sum of exponentials, so every rank knows
    the soft-max normaliser of every sample, and the loss of each sample's target classes;
 4. backward: each rank's logit gradients stay local (its rows' gradients are exact and need no reduction);
    the feature gradients of all ranks are summed and sent back to the features' owner.
 
-With one process (or no process group) both functions reduce to the ordinary single-process computation, so
+With one process (or no process group) these functions reduce to the ordinary single-process computation, so
 every head uses this one path.
 """
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-def _is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from .gather import is_distributed
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 (ranks may hold different batch sizes); backward sums and returns own rows."""
-
-    @staticmethod
-    def forward(ctx, local: Tensor) -> Tensor:  # (B_r, D) -> (B, D)
-        world_size, rank = dist.get_world_size(), dist.get_rank()
-        size = torch.tensor([local.shape[0]], device=local.device)
-        sizes = [torch.zeros_like(size) for _ in range(world_size)]
-        dist.all_gather(sizes, size)
-        sizes = [int(s) for s in sizes]
-        padded = local.new_zeros((max(sizes), ) + local.shape[1:])
-        padded[:local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in range(world_size)]
-        dist.all_gather(parts, padded.contiguous())
-        ctx.sizes, ctx.rank, ctx.world_size = sizes, rank, world_size
-        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # (B, D) -> (B_r, D)
-        grad = grad.contiguous()
-        dist.all_reduce(grad)  # every rank's classes contribute to every feature's gradient
-        start = sum(ctx.sizes[:ctx.rank])
-        # x world size: DistributedDataParallel averages the backbone's gradients over ranks, so each rank's
-        # features carry the gradient of its local mean loss, exactly as in plain data parallelism.
-        return grad[start:start + ctx.sizes[ctx.rank]] * ctx.world_size
-
-
-def gather_with_grad(local: Tensor) -> Tensor:
-    """Concatenate every rank's ``local`` along dim 0 (sizes may differ), in rank order.
-
-    Differentiable for float tensors (see ``_GatherWithGrad.backward``); also gathers index tensors.
-    The identity without a process group.
-    """
-    return _GatherWithGrad.apply(local) if _is_distributed() else local
+def at_least_float32(tensor: Tensor) -> Tensor:
+    """``tensor`` in float32 if autocast made it bfloat16 / float16; float32 and float64 stay as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
@@ -81,6 +49,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         return per_sample.mean()
 
     @staticmethod
+    @torch.compiler.disable  # its shapes follow the classes of the step: eager under torch.compile
     def backward(ctx, grad_loss: Tensor):
         probs, columns, local_weights = ctx.saved_tensors
         grad = probs.scatter_add(1, columns, -local_weights)  # softmax - target distribution, (B, C_r)
@@ -106,8 +75,9 @@ def sharded_cross_entropy(logits: Tensor, target_positions: Tensor, target_weigh
     Returns:
         Tensor: The scalar mean loss, identical on every rank.
     """
+    logits = at_least_float32(logits)  # under autocast: the soft-max's max, exponentials and sums in float32
     return _ShardedCrossEntropy.apply(logits, target_positions, target_weights.to(logits.dtype),
-                                      sharded and _is_distributed())
+                                      sharded and is_distributed())
 
 
 def spread_over_ranks(values: Tensor, owned: Tensor) -> Tensor:
@@ -122,6 +92,6 @@ def spread_over_ranks(values: Tensor, owned: Tensor) -> Tensor:
     """
     mask = owned.reshape((-1, ) + (1, ) * (values.dim() - 1))
     spread = torch.where(mask, values, torch.zeros_like(values))
-    if _is_distributed():
+    if is_distributed():
         dist.all_reduce(spread)
     return spread

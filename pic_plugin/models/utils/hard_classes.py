@@ -23,10 +23,11 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.dist import all_gather, broadcast, get_rank
+from mmengine.dist import broadcast, get_rank
 from torch import Tensor
 
 from pic_plugin.utils.progress import PassProgress
+from .gather import all_gather_rows
 
 # Block sizes (query rows, key rows) that keep a CPU's score block in cache and a GPU busy.
 DEFAULT_BLOCKS: Dict[str, Tuple[int, int]] = {'cpu': (256, 16384), 'cuda': (4096, 32768)}
@@ -131,9 +132,9 @@ class _RunningTopK:
 
 def _shard_layout(num_local_rows: int, row_offset: int, sharded: bool, device: torch.device) -> List[Tuple[int, int]]:
     """``(row_offset, num_rows)`` of every rank's shard, in rank order (only this rank's when not sharded)."""
-    local = torch.tensor([row_offset, num_local_rows], device=device)
-    shards = all_gather(local) if sharded else [local]
-    return [(int(offset), int(size)) for offset, size in shards]
+    local = torch.tensor([[row_offset, num_local_rows]], device=device)  # (1, 2)
+    shards = all_gather_rows(local) if sharded else local  # (W, 2)
+    return [(offset, size) for offset, size in shards.tolist()]
 
 
 def _score_block(queries: Tensor, keys: Tensor, buffer: Tensor) -> Tensor:

@@ -10,15 +10,15 @@ from mmengine.config import Config
 from mmengine.dataset import default_collate
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, Dataset
 
 from conftest import TINY_CONFIG
 from distributed import run_distributed
-from progress_output import captured_progress
-from mmpretrain.registry import MODELS
-from mmpretrain.structures import DataSample
 from pic_plugin.engine.hooks import ContrastivePriorHook
+from progress_output import captured_progress
 
 NUM_IMAGES, BATCH_SIZE = 40, 16
 BN_STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -26,7 +26,7 @@ BN_STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
 
 @pytest.fixture
 def runner(digits_workspace, tmp_path, monkeypatch):
-    """The tiny PIC config on 40 digits, loaded in order without augmentation, optimiser built."""
+    """The tiny PIC config on 40 digits, loaded in order without augmentation."""
     monkeypatch.chdir(digits_workspace)
     cfg = Config.fromfile(TINY_CONFIG)
     cfg.work_dir = str(tmp_path)
@@ -35,9 +35,7 @@ def runner(digits_workspace, tmp_path, monkeypatch):
         indices=NUM_IMAGES, pipeline=[dict(type='LoadImageFromFile'), dict(type='PackInputs')])
     cfg.model.head.num_classes = NUM_IMAGES
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    runner = Runner.from_cfg(cfg)
-    runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
-    return runner
+    return Runner.from_cfg(cfg)
 
 
 def expected_features(runner) -> torch.Tensor:
@@ -56,14 +54,13 @@ def expected_features(runner) -> torch.Tensor:
 
 
 def test_rows_become_the_features_and_only_batch_norm_statistics_change(runner):
-    model, table = runner.model, runner.model.head.table
+    model, rows = runner.model, runner.model.head.rows
     model.train()
     model.backbone.layer2.eval()  # a mixed state, restored as it was
     modes = {name: module.training for name, module in model.named_modules()}
-    optim = runner.optim_wrapper
-    for lr in (0.1, 0.2):
-        optim.transitions.append(lr, 0.9, 1e-4)
-    table.momentum.fill_(1.)
+    for lr in (0.1, 0.2):  # two steps made before the prior (a run started from load_from, say)
+        rows.step(lr, 0.9, 1e-4)
+    rows.momentum.fill_(1.)
     before = copy.deepcopy(model.state_dict())
     features = expected_features(runner)
 
@@ -72,11 +69,11 @@ def test_rows_become_the_features_and_only_batch_norm_statistics_change(runner):
 
     assert re.search(rf'\] {NUM_IMAGES}/{NUM_IMAGES}, .*ETA: +0s\n', text.getvalue())  # the progress bar
     assert f'contrastive prior: {NUM_IMAGES} images in' in text.getvalue()
-    assert torch.allclose(table.weight, features, atol=1e-5)
-    assert (table.momentum == 0).all() and (table.last_step == optim.num_steps).all()
+    assert torch.allclose(rows.weight, features, atol=1e-5)
+    assert (rows.momentum == 0).all() and (rows.last_step == rows.num_steps).all() and rows.num_steps == 2
     after = model.state_dict()
     for key, value in before.items():
-        if key.startswith('head.table.'):
+        if key.startswith('head.rows.'):
             continue
         if key.endswith(BN_STATISTICS):
             assert not torch.equal(after[key], value), f'{key} did not update'
@@ -89,16 +86,16 @@ def test_rows_become_the_features_and_only_batch_norm_statistics_change(runner):
 def test_row_norm_scales_the_normalised_features(runner):
     features = expected_features(runner)
     ContrastivePriorHook(row_norm=0.5).before_train(runner)
-    rows = runner.model.head.table.weight
+    rows = runner.model.head.rows.weight
     assert torch.allclose(rows.norm(dim=1), torch.full((NUM_IMAGES, ), 0.5))
     assert torch.allclose(rows, F.normalize(features, dim=1) * 0.5, atol=1e-5)
 
 
 def test_a_resumed_run_keeps_the_checkpoint_rows(runner):
-    rows = runner.model.head.table.weight.clone()
+    rows = runner.model.head.rows.weight.clone()
     runner.train_loop._iter = 3
     ContrastivePriorHook().before_train(runner)
-    assert torch.equal(runner.model.head.table.weight, rows)
+    assert torch.equal(runner.model.head.rows.weight, rows)
 
 
 def test_non_positive_row_norm_is_refused():
@@ -127,12 +124,12 @@ def prior_rows(rank: int, world_size: int, sharded: bool):
                       norm_cfg=dict(type='GN', num_groups=4)),
         neck=dict(type='MoCoV2Neck', in_channels=64, hid_channels=32, out_channels=16),
         head=dict(type='InstanceClsHead', num_classes=13, in_channels=16, sharded=sharded)))
-    runner = SimpleNamespace(model=model, iter=0, optim_wrapper=None, seed=0, build_dataloader=Runner.build_dataloader,
+    runner = SimpleNamespace(model=model, iter=0, seed=0, build_dataloader=Runner.build_dataloader,
                              train_dataloader=DataLoader(NumberedImages(), batch_size=4, collate_fn=default_collate),
                              logger=MMLogger.get_instance('test_contrastive_prior_hook'))
     with captured_progress() as text:
         ContrastivePriorHook().before_train(runner)
-    return model.head.table.row_offset, model.head.table.weight, text.getvalue()
+    return model.head.rows.row_offset, model.head.rows.weight, text.getvalue()
 
 
 def sharded_and_replicated_rows(rank: int, world_size: int):

@@ -9,10 +9,9 @@ import pytest
 from mmengine.dataset import pseudo_collate
 from torch.utils.data import DataLoader
 
-from progress_output import captured_progress
-
 from pic_plugin.engine.hooks import EvalProgressHook
 from pic_plugin.utils import progress as progress_module
+from progress_output import captured_progress
 
 NUM_IMAGES = 10
 

@@ -9,11 +9,10 @@ from mmengine.logging import MMLogger
 from torch import nn
 
 from distributed import run_distributed
-from progress_output import captured_progress
 from pic_plugin.engine.hooks import HardClassHook
-from pic_plugin.engine.optimizers import LazyCorrectedSGD
 from pic_plugin.models.heads.instance_cls_head import InstanceClsHead
 from pic_plugin.models.utils import top_k_similar_rows
+from progress_output import captured_progress
 
 NUM_ROWS, DIM, K = 40, 8, 5
 
@@ -22,17 +21,16 @@ def seeded_rows(seed: int = 0) -> torch.Tensor:
     return torch.randn(NUM_ROWS, DIM, generator=torch.Generator().manual_seed(seed))
 
 
-def fake_runner(head: nn.Module, epoch: int = 0, optim_wrapper=None) -> SimpleNamespace:
+def fake_runner(head: nn.Module, epoch: int = 0) -> SimpleNamespace:
     model = nn.Module()
     model.head = head
-    return SimpleNamespace(model=model, epoch=epoch, optim_wrapper=optim_wrapper,
-                           logger=MMLogger.get_instance('test_hard_class_hook'))
+    return SimpleNamespace(model=model, epoch=epoch, logger=MMLogger.get_instance('test_hard_class_hook'))
 
 
 def smoothed_head(sharded: bool = False, num_hard_classes: int = K) -> InstanceClsHead:
     head = InstanceClsHead(NUM_ROWS, DIM, sharded=sharded, label_smoothing=0.2, num_hard_classes=num_hard_classes)
-    table = head.table
-    table.weight.copy_(seeded_rows()[table.row_offset:table.row_offset + table.num_local_rows])
+    rows = head.rows
+    rows.weight.copy_(seeded_rows()[rows.row_offset:rows.row_offset + rows.num_local_rows])
     return head
 
 
@@ -48,50 +46,62 @@ def assert_hard_classes_of(hard_classes: torch.Tensor, rows: torch.Tensor, first
 
 def test_rows_are_brought_forward_before_their_hard_classes_are_found():
     head = smoothed_head()
-    optim = LazyCorrectedSGD(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9,
-                                             weight_decay=0.5))
-    for lr in (0.5, 0.4, 0.3, 0.2):
-        optim.transitions.append(lr, 0.9, 0.5)
+    rows = head.rows
+    for lr in (0.5, 0.4, 0.3, 0.2):  # four steps that used none of the rows
+        rows.step(lr, 0.9, 0.5)
     generator = torch.Generator().manual_seed(1)
-    head.table.momentum.copy_(torch.randn(NUM_ROWS, DIM, generator=generator))
-    head.table.last_step.copy_(torch.randint(0, 5, (NUM_ROWS, ), generator=generator))
-    current, _ = optim.bring_forward(head.table.weight.clone(), head.table.momentum.clone(),
-                                     head.table.last_step.clone())
-    stale_answer = top_k_similar_rows(head.table.weight, K).indices
+    rows.momentum.copy_(torch.randn(NUM_ROWS, DIM, generator=generator))
+    rows.last_step.copy_(torch.randint(0, 5, (NUM_ROWS, ), generator=generator))
+    current, current_momentum = rows.bring_forward(rows.weight.clone(), rows.momentum.clone(),
+                                                   rows.last_step.clone())
+    stale_answer = top_k_similar_rows(rows.weight, K).indices
     expected = top_k_similar_rows(current, K).indices
     assert not torch.equal(expected, stale_answer)  # the correction changes the answer
 
     with captured_progress() as text:
-        HardClassHook(k=K).before_train_epoch(fake_runner(head, optim_wrapper=optim))
+        HardClassHook(k=K).before_train_epoch(fake_runner(head))
 
     assert re.search(rf'\] {NUM_ROWS}/{NUM_ROWS}, .*\n', text.getvalue())  # the progress bar, in rows
     assert f'hard-class search: {NUM_ROWS} rows in' in text.getvalue()
-    assert torch.equal(head.hard_classes, expected)
-    assert torch.allclose(head.table.weight, current)
-    assert (head.table.last_step == optim.num_steps).all()
+    assert torch.equal(head.targets.hard_classes, expected)
+    assert torch.allclose(rows.weight, current) and torch.allclose(rows.momentum, current_momentum)
+    assert (rows.last_step == rows.num_steps).all() and rows.num_steps == 4
 
 
 def test_schedule_begin_interval_and_the_first_epoch_of_a_resumed_run():
     head = smoothed_head()
 
     def searched_at(hook: HardClassHook, epoch: int) -> bool:
-        head.hard_classes.fill_(-1)
+        head.targets.hard_classes.fill_(-1)
         hook.before_train_epoch(fake_runner(head, epoch))
-        return bool((head.hard_classes >= 0).all())
+        return bool((head.targets.hard_classes >= 0).all())
 
     hook = HardClassHook(k=K, interval=2, begin_epoch=1)
     assert [searched_at(hook, epoch) for epoch in range(5)] == [False, True, False, True, False]
     resumed = HardClassHook(k=K, interval=2, begin_epoch=1)
     assert [searched_at(resumed, epoch) for epoch in (4, 5, 6, 7)] == [True, True, False, True]
-    assert_hard_classes_of(head.hard_classes, seeded_rows())
+    assert_hard_classes_of(head.targets.hard_classes, seeded_rows())
 
 
-def test_a_head_without_the_buffer_gets_one_outside_its_checkpoints():
-    head = InstanceClsHead(NUM_ROWS, DIM)  # no label smoothing: no hard_classes buffer
+def test_the_hard_classes_stay_out_of_the_checkpoints():
+    head = smoothed_head()
     HardClassHook(k=K).before_train_epoch(fake_runner(head))
-    assert head.hard_classes.shape == (NUM_ROWS, K)
-    assert_hard_classes_of(head.hard_classes, head.table.weight)
-    assert 'hard_classes' not in head.state_dict()
+    assert head.targets.hard_classes.shape == (NUM_ROWS, K)
+    assert not any('hard_classes' in key for key in head.state_dict())
+
+
+SMOOTHING_IS_0 = ('HardClassHook finds hard classes for label smoothing, but model.head.label_smoothing is 0: set it '
+                  r'\(the paper uses 0.2\), or remove HardClassHook from custom_hooks.')
+
+
+def test_a_head_without_label_smoothing_is_refused():
+    head = InstanceClsHead(NUM_ROWS, DIM)  # label_smoothing=0: one-hot targets, nothing to smooth onto
+    with pytest.raises(ValueError, match=SMOOTHING_IS_0):
+        HardClassHook(k=K).before_train_epoch(fake_runner(head))
+    with pytest.raises(ValueError, match=SMOOTHING_IS_0):
+        head.set_hard_classes(torch.zeros(NUM_ROWS, K, dtype=torch.long))
+    assert head.num_hard_classes is None
+    assert not any('hard_classes' in name for name, _ in head.named_buffers())
 
 
 def test_k_other_than_the_heads_is_refused():
@@ -112,7 +122,7 @@ def hook_rank(rank: int, world_size: int):
         runner = fake_runner(head)
         with captured_progress() as text:
             HardClassHook(k=K, chunk_size=7, key_block_size=9).before_train_epoch(runner)
-        results.append((head.table.row_offset, head.hard_classes, text.getvalue()))
+        results.append((head.rows.row_offset, head.targets.hard_classes, text.getvalue()))
     return results
 
 

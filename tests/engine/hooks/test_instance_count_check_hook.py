@@ -42,7 +42,7 @@ def test_an_auto_sized_head_has_no_rows_until_allocated_and_then_those_of_an_exp
     torch.manual_seed(0)
     explicit = HEADS[name](10)
     head = AUTO_HEADS[name]()
-    assert head.num_classes is None and not any('table' in key or 'bank' in key for key in head.state_dict())
+    assert head.num_classes is None and not any('rows' in key or 'bank' in key for key in head.state_dict())
     with pytest.raises(RuntimeError, match=r"num_classes='auto' and no (rows|bank) yet: .* call allocate_rows\(N\)"):
         head.loss(torch.randn(2, 8), torch.tensor([0, 1]))
     torch.manual_seed(0)  # the state the explicit head drew its rows from
@@ -63,7 +63,7 @@ def test_an_auto_sized_head_gets_one_row_per_training_image_before_the_run_loads
     head = AUTO_HEADS[name]()
     runner = training_runner(head, 10, Mock(spec=BaseLoop))
     InstanceCountCheckHook().before_run(runner)
-    rows = head.table if name == 'InstanceClsHead' else head.bank
+    rows = head.rows if name == 'InstanceClsHead' else head.bank
     assert head.num_classes == 10 and rows.weight.shape == (10, 8)
     assert runner.logger.info.call_args.args[0] == (
         f"InstanceCountCheckHook: 10 training images, so {name} (num_classes='auto') gets 10 rows "
@@ -75,7 +75,7 @@ def test_validation_and_test_runs_leave_an_auto_sized_head_without_rows():
     head = AUTO_HEADS['InstanceClsHead']()
     runner = training_runner(head, 10, dict(type='EpochBasedTrainLoop'))
     InstanceCountCheckHook().before_run(runner)
-    assert head.num_classes is None and head.table is None
+    assert head.num_classes is None and head.rows is None
 
 
 def test_an_explicit_size_is_left_as_it_is_and_checked_before_training():
@@ -92,5 +92,5 @@ def test_the_hard_classes_of_an_auto_sized_head_go_where_the_runner_put_the_mode
     model = nn.Module()
     model.backbone = nn.Linear(2, 2, device='meta')  # a model the runner has moved (to a GPU, say)
     InstanceCountCheckHook().before_run(training_runner(head, 10, Mock(spec=BaseLoop), model))
-    assert head.hard_classes.shape == (10, 3) and head.hard_classes.device.type == 'meta'
-    assert head.table.weight.device.type == 'cpu'  # the rows move to the features' device at the first step
+    assert head.targets.hard_classes.shape == (10, 3) and head.targets.hard_classes.device.type == 'meta'
+    assert head.rows.weight.device.type == 'cpu'  # the rows move to the features' device at the first step

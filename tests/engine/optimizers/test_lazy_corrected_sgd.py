@@ -1,4 +1,8 @@
-"""LazyCorrectedSGD and TransitionProducts against dense torch.optim.SGD (PIC Eq. 2-3, Sec. 2.3)."""
+"""LazyCorrectedSGD with LazySGDRows against dense torch.optim.SGD (PIC Eq. 2-3, Sec. 2.3), TransitionProducts,
+the bfloat16 autocast of LazyCorrectedSGD, LazyCorrectedSGDConstructor and the wrappers' refusals.
+
+AmpLazyCorrectedSGD (loss scaling, skipped steps) is in test_amp_lazy_corrected_sgd.py.
+"""
 import copy
 import io
 import math
@@ -7,15 +11,19 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import pytest
 import torch
-from mmengine.optim import CosineAnnealingLR, LinearLR, build_optim_wrapper
+from mmengine.dataset import default_collate
+from mmengine.optim import CosineAnnealingLR, LinearLR, OptimWrapper, build_optim_wrapper
+from mmengine.optim.optimizer import amp_optimizer_wrapper
 from mmengine.registry import DefaultScope
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
 from torch import Tensor, nn
 
 from float_bounds import assert_within, gamma
-
-from pic_plugin.engine.optimizers import lazy_corrected_sgd
-from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD, TransitionProducts
-from pic_plugin.models.utils.row_table import RowTable
+from pic_plugin.engine.optimizers import AmpLazyCorrectedSGD, LazyCorrectedSGD
+from pic_plugin.models.heads import InstanceClsHead
+from pic_plugin.models.utils import lazy_sgd_rows
+from pic_plugin.models.utils.lazy_sgd_rows import LazySGDRows, TransitionProducts
 
 NUM_ROWS, DIM = 300, 8
 BASE_LR, MOMENTUM = 0.1, 0.9
@@ -124,16 +132,16 @@ def sgd(**settings) -> dict:
 
 def build_wrapper(model: nn.Module, optimizer: Optional[dict] = None, **config) -> LazyCorrectedSGD:
     """Build the wrapper through mmengine's builder, as the runner does (``optimizer`` defaults to ``sgd()``)."""
-    config = dict(type='LazyCorrectedSGD', optimizer=optimizer or sgd(), **config)
+    config = dict(dict(type='LazyCorrectedSGD', optimizer=optimizer or sgd()), **config)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         return build_optim_wrapper(model, config)
 
 
-def make_table(initial_rows: Tensor, wrapper: LazyCorrectedSGD) -> RowTable:
-    table = RowTable(NUM_ROWS, DIM, dtype=torch.float64)
-    table.weight.copy_(initial_rows)
-    wrapper.attach(table)
-    return table
+def make_rows(initial_rows: Tensor, wrapper: LazyCorrectedSGD) -> LazySGDRows:
+    rows = LazySGDRows(NUM_ROWS, DIM, dtype=torch.float64)
+    rows.weight.copy_(initial_rows)
+    wrapper.register_rows(rows)
+    return rows
 
 
 def warmup_cosine(optimizer, num_steps: int) -> list:
@@ -143,14 +151,14 @@ def warmup_cosine(optimizer, num_steps: int) -> list:
                               end=num_steps)]
 
 
-def run_lazy(problem: Problem, steps: range, model: nn.Module, wrapper: LazyCorrectedSGD, table: RowTable,
+def run_lazy(problem: Problem, steps: range, model: nn.Module, wrapper: LazyCorrectedSGD, rows: LazySGDRows,
              schedulers: Sequence = ()) -> List[float]:
     """Train with LazyCorrectedSGD; return the rows' lr of every step."""
     row_lrs = []
     for step in steps:
         row_lrs.append(wrapper.rows_group['lr'])
         assert wrapper.optimizer.param_groups[0]['lr'] == row_lrs[-1]  # the schedulers drive both groups
-        weight = table.rows_for_update(problem.rows[step], CPU)  # (R, D)
+        weight = rows.rows_for_step(problem.rows[step], CPU)  # (R, D)
         loss = (weight * problem.row_grads[step]).sum() + model(problem.model_inputs[step]).square().sum()
         wrapper.update_params(loss)
         for scheduler in schedulers:
@@ -201,23 +209,24 @@ def test_lazy_rows_equal_dense_sgd_under_warmup_and_cosine(weight_decay: float) 
     assert longest_gap(problem) >= 500
     model = make_model()
     wrapper = build_wrapper(model, optimizer=sgd(weight_decay=weight_decay), correction=True)
-    table = make_table(problem.initial_rows, wrapper)
-    row_lrs = run_lazy(problem, range(num_steps), model, wrapper, table, warmup_cosine(wrapper, num_steps))
+    rows = make_rows(problem.initial_rows, wrapper)
+    row_lrs = run_lazy(problem, range(num_steps), model, wrapper, rows, warmup_cosine(wrapper, num_steps))
     dense_rows, dense_momentum, dense_model, dense_lrs = run_dense(problem, weight_decay)
 
     assert row_lrs == dense_lrs
     assert row_lrs[0] == pytest.approx(BASE_LR / 100)
     assert max(row_lrs) == pytest.approx(BASE_LR) == row_lrs[WARMUP_STEPS]
     assert row_lrs[-1] < BASE_LR / 1000
-    skipped = table.last_step < num_steps
+    assert rows.num_steps == num_steps
+    skipped = rows.last_step < num_steps
     assert skipped.sum() > NUM_ROWS // 2
-    stale_error = row_relative_error(table.weight, dense_rows)[skipped]
+    stale_error = row_relative_error(rows.weight, dense_rows)[skipped]
     assert stale_error.max() > 1e-3 if weight_decay > 1e-3 else stale_error.max() > 1e-5
 
-    wrapper.bring_table_forward(table, chunk_size=64)
-    assert (table.last_step == num_steps).all()
-    assert row_relative_error(table.weight, dense_rows).max() < 1e-6
-    assert row_relative_error(table.momentum, dense_momentum).max() < 1e-6
+    rows.bring_all_forward(chunk_size=64)
+    assert (rows.last_step == num_steps).all()
+    assert row_relative_error(rows.weight, dense_rows).max() < 1e-6
+    assert row_relative_error(rows.momentum, dense_momentum).max() < 1e-6
     for lazy_param, dense_param in zip(model.parameters(), dense_model.parameters()):
         assert torch.equal(lazy_param, dense_param)  # the extra param group changes nothing for the model
 
@@ -228,19 +237,21 @@ def test_without_correction_skipped_steps_apply_neither_decay_nor_momentum() -> 
     problem = make_problem(num_steps, seed=1)
     model = make_model()
     wrapper = build_wrapper(model, optimizer=sgd(weight_decay=weight_decay), correction=False)
-    table = make_table(problem.initial_rows, wrapper)
-    row_lrs = run_lazy(problem, range(num_steps), model, wrapper, table, warmup_cosine(wrapper, num_steps))
-    wrapper.bring_table_forward(table)  # identity without correction
+    rows = make_rows(problem.initial_rows, wrapper)
+    row_lrs = run_lazy(problem, range(num_steps), model, wrapper, rows, warmup_cosine(wrapper, num_steps))
+    rows.bring_all_forward()  # identity without correction
 
     weight, momentum = problem.initial_rows.clone(), torch.zeros_like(problem.initial_rows)  # (N, D)
     for step, lr in enumerate(row_lrs):  # PIC Eq. 2 on the sampled rows only
-        rows = problem.rows[step]
-        momentum[rows] = MOMENTUM * momentum[rows] + problem.row_grads[step] + weight_decay * weight[rows]
-        weight[rows] -= lr * momentum[rows]
-    torch.testing.assert_close(table.weight, weight, rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(table.momentum, momentum, rtol=1e-12, atol=1e-15)
+        used = problem.rows[step]
+        momentum[used] = MOMENTUM * momentum[used] + problem.row_grads[step] + weight_decay * weight[used]
+        weight[used] -= lr * momentum[used]
+    torch.testing.assert_close(rows.weight, weight, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(rows.momentum, momentum, rtol=1e-12, atol=1e-15)
+    assert rows.num_steps == num_steps
+    assert torch.equal(rows.state_dict()['transitions'], torch.eye(2, dtype=torch.float64).repeat(num_steps, 1, 1))
     dense_rows = run_dense(problem, weight_decay)[0]
-    assert row_relative_error(table.weight, dense_rows).max() > 0.05
+    assert row_relative_error(rows.weight, dense_rows).max() > 0.05
 
 
 def test_state_dict_round_trip_mid_run_continues_identically() -> None:
@@ -248,37 +259,43 @@ def test_state_dict_round_trip_mid_run_continues_identically() -> None:
     problem = make_problem(num_steps, seed=2)
     model = make_model()
     wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.05))
-    table = make_table(problem.initial_rows, wrapper)
+    rows = make_rows(problem.initial_rows, wrapper)
     schedulers = warmup_cosine(wrapper, num_steps)
-    run_lazy(problem, range(resume_step), model, wrapper, table, schedulers)
+    run_lazy(problem, range(resume_step), model, wrapper, rows, schedulers)
 
     buffer = io.BytesIO()
-    torch.save({'optimizer': wrapper.state_dict(), 'table': table.state_dict(), 'model': model.state_dict()},
-               buffer)
+    torch.save({'optimizer': wrapper.state_dict(), 'rows': rows.state_dict(), 'model': model.state_dict()}, buffer)
     buffer.seek(0)
     checkpoint = torch.load(buffer, weights_only=True)
+    # the transitions travel with the model's rows, not with the optimiser
+    assert checkpoint['rows'].keys() == {'weight', 'momentum', 'last_step', 'transitions'}
+    transitions = checkpoint['rows']['transitions']
+    assert transitions.shape == (resume_step, 2, 2) and transitions.dtype == torch.float64
+    assert 'lazy_correction' not in checkpoint['optimizer']
+    assert checkpoint['optimizer']['param_groups'][-1]['name'] == 'instance_rows'
+    optimizer_keys = set(checkpoint['optimizer'])
+
     resumed_model = make_model(seed=1)
     resumed_model.load_state_dict(checkpoint['model'])
     resumed_wrapper = build_wrapper(resumed_model, optimizer=sgd(weight_decay=0.05))
-    resumed_table = make_table(torch.zeros(NUM_ROWS, DIM, dtype=torch.float64), resumed_wrapper)
+    resumed_rows = make_rows(torch.zeros(NUM_ROWS, DIM, dtype=torch.float64), resumed_wrapper)
     resumed_schedulers = warmup_cosine(resumed_wrapper, num_steps)  # mmengine's runner: build, then resume
-    resumed_table.load_state_dict(checkpoint['table'])
+    resumed_rows.load_state_dict(checkpoint['rows'])
     resumed_wrapper.load_state_dict(checkpoint['optimizer'])
     for resumed_scheduler, scheduler in zip(resumed_schedulers, schedulers):
         resumed_scheduler.load_state_dict(scheduler.state_dict())
 
-    assert 'lazy_correction' in checkpoint['optimizer']  # load_state_dict left its argument alone
-    assert checkpoint['optimizer']['param_groups'][-1]['name'] == 'instance_rows'
-    assert resumed_wrapper.num_steps == resume_step
+    assert set(checkpoint['optimizer']) == optimizer_keys  # load_state_dict left its argument alone
+    assert resumed_rows.num_steps == resume_step
     assert resumed_wrapper.rows_group['lr'] == wrapper.rows_group['lr']
-    lrs = run_lazy(problem, range(resume_step, num_steps), model, wrapper, table, schedulers)
-    resumed_lrs = run_lazy(problem, range(resume_step, num_steps), resumed_model, resumed_wrapper,
-                           resumed_table, resumed_schedulers)
+    lrs = run_lazy(problem, range(resume_step, num_steps), model, wrapper, rows, schedulers)
+    resumed_lrs = run_lazy(problem, range(resume_step, num_steps), resumed_model, resumed_wrapper, resumed_rows,
+                           resumed_schedulers)
     assert resumed_lrs == lrs
-    wrapper.bring_table_forward(table)
-    resumed_wrapper.bring_table_forward(resumed_table)
-    torch.testing.assert_close(resumed_table.weight, table.weight, rtol=1e-12, atol=0)
-    torch.testing.assert_close(resumed_table.momentum, table.momentum, rtol=1e-12, atol=0)
+    rows.bring_all_forward()
+    resumed_rows.bring_all_forward()
+    torch.testing.assert_close(resumed_rows.weight, rows.weight, rtol=1e-12, atol=0)
+    torch.testing.assert_close(resumed_rows.momentum, rows.momentum, rtol=1e-12, atol=0)
     for resumed_param, param in zip(resumed_model.parameters(), model.parameters()):
         torch.testing.assert_close(resumed_param, param, rtol=0, atol=0)
 
@@ -286,15 +303,18 @@ def test_state_dict_round_trip_mid_run_continues_identically() -> None:
 def test_bring_forward_follows_zero_gradient_sgd_and_keeps_the_rows_dtype() -> None:
     model = make_model()
     wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.01))
+    rows = LazySGDRows(6, DIM)  # float32
+    wrapper.register_rows(rows)
     lrs = [0.01, 0.5, 0.2, 0.3, 0.05]
-    for lr in lrs:  # steps without any table still record their transition
+    for lr in lrs:  # steps that hand out no row still record their transition
         wrapper.rows_group['lr'] = lr
         wrapper.step()
+    assert rows.num_steps == len(lrs)
     generator = torch.Generator().manual_seed(3)
     weight = torch.randn(6, DIM, generator=generator)  # (6, D) float32
     momentum = torch.randn(6, DIM, generator=generator)
     last_step = torch.tensor([0, 2, 5, 2, 4, 1])
-    new_weight, new_momentum = wrapper.bring_forward(weight, momentum, last_step)
+    new_weight, new_momentum = rows.bring_forward(weight.clone(), momentum.clone(), last_step)  # updates in place
 
     assert new_weight.dtype == new_momentum.dtype == torch.float32
     expected_weight, expected_momentum = weight.double(), momentum.double()
@@ -321,30 +341,178 @@ def test_replicated_tables_average_row_gradients_over_ranks(monkeypatch, table_w
         assert op == 'mean'
         tensor.mul_(2)  # mean of g and 3 g
 
-    monkeypatch.setattr(lazy_corrected_sgd, 'get_world_size', lambda: 2)
-    monkeypatch.setattr(lazy_corrected_sgd, 'all_reduce', all_reduce_with_a_rank_that_saw_three_times_the_gradient)
+    monkeypatch.setattr(lazy_sgd_rows, 'get_world_size', lambda: 2)
+    monkeypatch.setattr(lazy_sgd_rows, 'all_reduce', all_reduce_with_a_rank_that_saw_three_times_the_gradient)
     model = make_model()
     wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.0))
     initial_rows = torch.randn(NUM_ROWS, DIM, dtype=torch.float64)
-    table = make_table(initial_rows, wrapper)
-    table.world_size = table_world_size  # a table sharded over 2 ranks gets its rows' own gradients
-    rows, grad = torch.tensor([3, 7]), torch.ones(2, DIM, dtype=torch.float64)
-    (table.rows_for_update(rows, CPU) * grad).sum().backward()
+    rows = make_rows(initial_rows, wrapper)
+    rows.world_size = table_world_size  # a table sharded over 2 ranks gets its rows' own gradients
+    used, grad = torch.tensor([3, 7]), torch.ones(2, DIM, dtype=torch.float64)
+    (rows.rows_for_step(used, CPU) * grad).sum().backward()
     wrapper.step()
-    torch.testing.assert_close(table.weight[rows], initial_rows[rows] - BASE_LR * expected_grad_factor * grad)
-    assert torch.equal(table.last_step[rows], torch.ones(2, dtype=torch.long))
+    torch.testing.assert_close(rows.weight[used], initial_rows[used] - BASE_LR * expected_grad_factor * grad)
+    assert torch.equal(rows.last_step[used], torch.ones(2, dtype=torch.long))
 
 
 def test_rows_gathered_but_unused_by_the_loss_still_take_their_step() -> None:
     model = make_model()
     wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.1))
     initial_rows = torch.randn(NUM_ROWS, DIM, dtype=torch.float64)
-    table = make_table(initial_rows, wrapper)
-    rows = torch.tensor([0, 5])
-    table.rows_for_update(rows, CPU)  # no backward: the rows have no .grad
+    rows = make_rows(initial_rows, wrapper)
+    used = torch.tensor([0, 5])
+    rows.rows_for_step(used, CPU)  # no backward: the rows have no .grad
     wrapper.step()
-    torch.testing.assert_close(table.weight[rows], initial_rows[rows] * (1 - BASE_LR * 0.1))
-    torch.testing.assert_close(table.momentum[rows], initial_rows[rows] * 0.1)
+    torch.testing.assert_close(rows.weight[used], initial_rows[used] * (1 - BASE_LR * 0.1))
+    torch.testing.assert_close(rows.momentum[used], initial_rows[used] * 0.1)
+    assert rows.handed_out is None
+
+
+def test_register_rows_finds_every_row_set_of_a_module_once() -> None:
+    model = make_model()
+    wrapper = build_wrapper(model)
+    head = InstanceClsHead(NUM_ROWS, DIM)
+    container = nn.ModuleDict(dict(head=head, other=LazySGDRows(5, 2)))
+    wrapper.register_rows(container)
+    wrapper.register_rows(head)  # already known
+    assert [id(rows) for rows in wrapper.row_sets] == [id(head.rows), id(container['other'])]
+
+
+# ---- LazyCorrectedSGD: bfloat16 autocast ---------------------------------------------------------------
+class LinearAndHead(nn.Module):
+    """A float32 network (one Linear) and an instance classifier of 20 float32 rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, DIM)
+        self.head = InstanceClsHead(20, DIM, negatives='recent', num_negatives=4)
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', torch.bfloat16])
+def test_bfloat16_runs_the_forward_under_autocast_and_keeps_the_rows_float32(dtype) -> None:
+    model = LinearAndHead()
+    wrapper = build_wrapper(model, optimizer=sgd(weight_decay=0.01), dtype=dtype)
+    rows = model.head.rows
+    initial = {name: column.clone() for name, column in rows.columns().items()}
+    inputs, sample_idx = torch.randn(6, 4), torch.tensor([1, 4, 5, 9, 12, 17])
+    assert wrapper.row_sets == []  # found at the first optim_context, as in mmengine's train_step
+    with wrapper.optim_context(model):
+        features = model.linear(inputs)
+        assert features.dtype == torch.bfloat16
+        loss = model.head.loss(features, sample_idx)['loss']
+    assert model.linear(inputs).dtype == torch.float32  # autocast only inside the context
+    assert wrapper.row_sets == [rows]
+    assert rows.handed_out.weight.dtype == torch.float32
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    wrapper.update_params(loss)
+
+    assert rows.num_steps == 1
+    assert rows.weight.dtype == rows.momentum.dtype == torch.float32
+    assert rows.state_dict()['transitions'].dtype == torch.float64
+    assert torch.equal(rows.last_step[sample_idx], torch.ones(6, dtype=torch.long))
+    assert (rows.weight[sample_idx] != initial['weight'][sample_idx]).all(dim=1).all()
+    assert (rows.momentum[sample_idx] != 0).all(dim=1).all()
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[sample_idx] = False
+    assert torch.equal(rows.weight[untouched], initial['weight'][untouched])  # lazy: written when next used
+
+
+def test_no_dtype_runs_the_forward_in_float32() -> None:
+    model = LinearAndHead()
+    wrapper = build_wrapper(model)
+    with wrapper.optim_context(model):
+        assert model.linear(torch.randn(2, 4)).dtype == torch.float32
+
+
+def test_float16_is_refused_with_the_amp_wrapper_to_use() -> None:
+    with pytest.raises(ValueError, match=r"dtype='float16'.*float16 needs loss scaling.*type='AmpOptimWrapper'"):
+        build_wrapper(make_model(), dtype='float16')
+
+
+# ---- LazyCorrectedSGDConstructor -----------------------------------------------------------------------
+def build_with_constructor(model: nn.Module, wrapper_type: str, **config) -> OptimWrapper:
+    config = dict(type=wrapper_type, constructor='LazyCorrectedSGDConstructor', optimizer=sgd(), **config)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return build_optim_wrapper(model, config)
+
+
+def pretend_cuda(monkeypatch, available: bool) -> None:
+    """Make torch and mmengine's AmpOptimWrapper believe that CUDA is there (or is not)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: available)
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available', lambda: available)
+
+
+def test_the_constructor_builds_lazy_corrected_sgd_for_optim_wrapper() -> None:
+    wrapper = build_with_constructor(make_model(), 'OptimWrapper', correction=False, dtype='bfloat16')
+    assert type(wrapper) is LazyCorrectedSGD
+    assert wrapper.correction is False and wrapper.cast_dtype == torch.bfloat16
+    assert [group.get('name') for group in wrapper.optimizer.param_groups] == [None, 'instance_rows']
+    assert wrapper.rows_group['lr'] == BASE_LR and wrapper.rows_group['weight_decay'] == 1e-4
+
+
+@pytest.mark.filterwarnings('ignore:`torch.cuda.amp.GradScaler:FutureWarning')  # mmengine's default scaler
+def test_the_constructor_builds_the_amp_wrapper_for_amp_optim_wrapper(monkeypatch) -> None:
+    with monkeypatch.context() as patch:
+        pretend_cuda(patch, True)
+        wrapper = build_with_constructor(make_model(), 'AmpOptimWrapper', dtype='bfloat16')
+    assert type(wrapper) is AmpLazyCorrectedSGD
+    assert wrapper.trains_instance_rows and wrapper.cast_dtype == torch.bfloat16
+    assert wrapper.rows_group['momentum'] == MOMENTUM
+
+
+def test_the_amp_wrapper_without_cuda_says_to_train_in_bfloat16(monkeypatch) -> None:
+    pretend_cuda(monkeypatch, False)
+    with pytest.raises(RuntimeError, match=r"needs a GPU.*drop --amp.*optim_wrapper\.dtype=bfloat16"):
+        build_with_constructor(make_model(), 'AmpOptimWrapper')
+
+
+# ---- InstanceClassification refuses a wrapper that does not train the rows ------------------------------
+NUM_IMAGES = 10
+
+
+def tiny_instance_classification() -> nn.Module:
+    torch.manual_seed(0)
+    return MODELS.build(dict(
+        type='InstanceClassification',
+        data_preprocessor=dict(type='SelfSupDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3),
+        backbone=dict(type='ResNet_CIFAR', depth=18, stem_channels=8, base_channels=8,
+                      norm_cfg=dict(type='GN', num_groups=4)),
+        neck=dict(type='MoCoV2Neck', in_channels=64, hid_channels=32, out_channels=16),
+        head=dict(type='InstanceClsHead', num_classes=NUM_IMAGES, in_channels=16)))
+
+
+def data_batch(sample_idx: Sequence[int]) -> dict:
+    """What the training loader gives the model: 16 x 16 images packed with their ``sample_idx``."""
+    generator = torch.Generator().manual_seed(0)
+    return default_collate([
+        dict(inputs=torch.randint(0, 256, (3, 16, 16), generator=generator, dtype=torch.uint8),
+             data_samples=DataSample(metainfo=dict(sample_idx=index))) for index in sample_idx])
+
+
+def test_train_step_with_a_plain_optim_wrapper_names_the_constructor() -> None:
+    model = tiny_instance_classification()
+    plain = OptimWrapper(torch.optim.SGD(model.parameters(), lr=BASE_LR, momentum=MOMENTUM))
+    with pytest.raises(TypeError, match=r"OptimWrapper, which does not train the instance rows of InstanceClsHead"
+                                        r".*constructor='LazyCorrectedSGDConstructor'"):
+        model.train_step(data_batch([0, 1]), plain)
+    assert model.head.rows.num_steps == 0 and model.head.rows.handed_out is None  # refused before the forward
+
+
+@pytest.mark.parametrize('dtype', [None, 'bfloat16'])
+def test_train_step_with_the_constructors_wrapper_trains_the_rows(dtype) -> None:
+    model = tiny_instance_classification()
+    wrapper = build_with_constructor(model, 'OptimWrapper', dtype=dtype)
+    rows = model.head.rows
+    before = rows.weight.clone()
+    for step, sample_idx in enumerate(([0, 3, 4], [1, 3, 8])):
+        log_vars = model.train_step(data_batch(sample_idx), wrapper)
+        assert torch.isfinite(log_vars['loss'])
+        assert rows.num_steps == step + 1 and rows.handed_out is None
+    assert wrapper.row_sets == [rows]
+    assert rows.weight.dtype == torch.float32
+    assert (rows.last_step == 2).all()  # negatives='full' scores every row in every step: all are updated
+    assert not torch.equal(rows.weight, before)
 
 
 # ---- errors --------------------------------------------------------------------------------------------
@@ -360,22 +528,51 @@ def test_unsupported_optimizer_settings_are_refused(config: dict, message: str) 
         build_wrapper(make_model(), **config)
 
 
-def test_table_without_an_attached_optimiser_names_lazy_corrected_sgd() -> None:
-    table = RowTable(NUM_ROWS, DIM)
-    with pytest.raises(RuntimeError, match='LazyCorrectedSGD'):
-        table.rows_for_update(torch.tensor([0, 1]), CPU)
+def test_rows_handed_out_and_never_stepped_name_lazy_corrected_sgd() -> None:
+    rows = LazySGDRows(NUM_ROWS, DIM)
+    rows.rows_for_step(torch.tensor([0, 1]), CPU)  # a loss, and no optimiser that steps the rows
+    with pytest.raises(RuntimeError, match=r"never updated.*constructor='LazyCorrectedSGDConstructor'"):
+        rows.rows_for_step(torch.tensor([0, 1]), CPU)
 
 
-def test_table_ahead_of_a_fresh_optimiser_is_refused() -> None:
+def test_rows_ahead_of_their_transitions_are_refused() -> None:
     wrapper = build_wrapper(make_model())
-    table = make_table(torch.zeros(NUM_ROWS, DIM, dtype=torch.float64), wrapper)
-    table.last_step[4] = 7  # rows saved by a run that made 7 steps, optimiser state not restored
-    with pytest.raises(ValueError, match='resume'):
-        table.rows_for_update(torch.tensor([4]), CPU)
+    rows = make_rows(torch.zeros(NUM_ROWS, DIM, dtype=torch.float64), wrapper)
+    for _ in range(7):
+        rows.rows_for_step(torch.tensor([4]), CPU)
+        wrapper.step()
+    state = rows.state_dict()
+    state['transitions'] = state['transitions'][:3]  # a damaged checkpoint: rows of step 7, transitions of 3
+    fresh = LazySGDRows(NUM_ROWS, DIM, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r'rows were last updated at step 6, but transitions holds only 3 '
+                                           'steps: the checkpoint is damaged'):
+        fresh.load_state_dict(state)
+    fresh.last_step[4] = 7  # rows written by a run that made 7 steps, transitions not restored
+    with pytest.raises(ValueError, match=r'start steps \[0, 7\] are not all in \[0, end_step=3\]'):
+        fresh.rows_for_step(torch.tensor([3, 4]), CPU)
 
 
-def test_loading_an_optimiser_state_without_the_transitions_is_refused() -> None:
+def test_rows_without_their_transitions_are_refused() -> None:
+    state = LazySGDRows(NUM_ROWS, DIM).state_dict()
+    del state['transitions']  # the model state of a checkpoint from before the transitions moved into it
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\).*"transitions"'):
+        LazySGDRows(NUM_ROWS, DIM).load_state_dict(state)
+
+
+def test_an_optimiser_state_with_the_old_transitions_names_the_converter() -> None:
     model = make_model()
+    wrapper = build_wrapper(model)
+    old_state = wrapper.state_dict()
+    old_state['lazy_correction'] = {'num_steps': 0, 'transitions': torch.zeros(0, 2, 2, dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"holds 'lazy_correction'.*python tools/model_converters/"
+                                         r'upgrade_checkpoint\.py OLD\.pth NEW\.pth'):
+        wrapper.load_state_dict(old_state)
+
+
+def test_an_optimiser_state_without_the_rows_group_is_refused() -> None:
+    model = make_model()
+    wrapper = build_wrapper(model)
     plain_state = torch.optim.SGD(model.parameters(), lr=BASE_LR, momentum=MOMENTUM).state_dict()
-    with pytest.raises(ValueError, match='lazy_correction'):
-        build_wrapper(model).load_state_dict(plain_state)
+    with pytest.raises(ValueError, match='parameter groups'):
+        wrapper.load_state_dict(plain_state)
+    assert wrapper.rows_group['lr'] == BASE_LR  # the wrapper kept its own state

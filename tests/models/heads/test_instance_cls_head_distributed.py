@@ -7,7 +7,7 @@ from distributed import run_distributed
 from float_bounds import assert_within, cosine_logit_error, cosine_softmax_gradient_bound, cross_entropy_error
 from pic_plugin.engine.optimizers import LazyCorrectedSGD
 from pic_plugin.models.heads import InstanceClsHead
-from pic_plugin.models.utils import RowTable
+from pic_plugin.models.utils import LazySGDRows
 
 NUM_CLASSES, DIM, HARD = 37, 8, 3
 BATCH_PER_RANK = [3, 2, 4, 3]  # uneven batches: the gather pads them
@@ -26,28 +26,27 @@ def problem(world_size):
 
 def head_step(head, rows, hard, feats, sample_idx):
     """Loss, feature gradient and row gradient of one step; ``rows`` / ``hard`` are this head's shard."""
-    head.table.weight.copy_(rows)
+    head.rows.weight.copy_(rows)
     if head.label_smoothing:
-        head.hard_classes.copy_(hard)
-    LazyCorrectedSGD(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)).attach(head)
+        head.set_hard_classes(hard)
     feats = feats.clone().requires_grad_(True)
-    loss = head.loss(feats, sample_idx)['loss']
+    loss = head.loss(feats, sample_idx)['loss']  # no optimiser: the gradient of the handed-out rows is the result
     loss.backward()
-    return loss.detach(), feats.grad, head.table.pending.weight.grad
+    return loss.detach(), feats.grad, head.rows.handed_out.weight.grad
 
 
 def sharded_rank(rank, world_size, smoothing):
     rows, feats, sample_idx, hard = problem(world_size)
     head = InstanceClsHead(NUM_CLASSES, DIM, sharded=True, label_smoothing=smoothing, num_hard_classes=HARD)
-    shard = slice(head.table.row_offset, head.table.row_offset + head.table.num_local_rows)
+    shard = slice(head.rows.row_offset, head.rows.row_offset + head.rows.num_local_rows)
     start = sum(BATCH_PER_RANK[:rank])
     batch = slice(start, start + BATCH_PER_RANK[rank])
     return (shard, batch) + head_step(head, rows[shard], hard[shard], feats[batch], sample_idx[batch])
 
 
 def float64_head(head: InstanceClsHead) -> InstanceClsHead:
-    """``head`` with a float64 table: the single-process reference, free of float32 rounding."""
-    head.table = RowTable(NUM_CLASSES, DIM, dtype=torch.float64)
+    """``head`` with float64 rows: the single-process reference, free of float32 rounding."""
+    head.rows = LazySGDRows(NUM_CLASSES, DIM, dtype=torch.float64)
     return head
 
 
@@ -107,14 +106,14 @@ def recent_mode_steps(world_size, rank=None):
     head = float64_head(InstanceClsHead(NUM_CLASSES, DIM, negatives='recent', num_negatives=6))
     wrapper = LazyCorrectedSGD(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9,
                                                weight_decay=0.01))
-    wrapper.attach(head)
+    wrapper.register_rows(head)
     generator = torch.Generator().manual_seed(1)
     share = slice(None) if rank is None else slice(4 * rank, 4 * rank + 4)
     for _ in range(3):
         feats = torch.randn(4 * world_size, DIM, generator=generator, dtype=torch.float64)
         sample_idx = torch.randperm(NUM_CLASSES, generator=generator)[:4 * world_size]
         wrapper.update_params(head.loss(feats[share], sample_idx[share])['loss'])
-    return head.table.weight.clone(), head.recent_indices.clone()
+    return head.rows.weight.clone(), head.negatives.recent_indices.clone()
 
 
 def replicated_recent_rank(rank, world_size):
@@ -133,12 +132,12 @@ def auto_sized_shard(rank, world_size):
     torch.manual_seed(0)  # the runner seeds every rank alike
     head = InstanceClsHead('auto', DIM, sharded=True, label_smoothing=0.2, num_hard_classes=HARD)
     head.allocate_rows(NUM_CLASSES)
-    return head.table.row_offset, head.table.weight, tuple(head.hard_classes.shape)
+    return head.rows.row_offset, head.rows.weight, tuple(head.targets.hard_classes.shape)
 
 
 def test_an_auto_sized_sharded_head_gets_its_shard_of_the_rows_a_single_process_draws():
     torch.manual_seed(0)
-    single = InstanceClsHead(NUM_CLASSES, DIM).table.weight
+    single = InstanceClsHead(NUM_CLASSES, DIM).rows.weight
     ranks = run_distributed(auto_sized_shard, 2)
     assert [offset for offset, _, _ in ranks] == [0, 19] and [shape for _, _, shape in ranks] == [(19, HARD),
                                                                                                   (18, HARD)]

@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from distributed import run_distributed
-from float_bounds import (assert_within, cosine_logit_error, cosine_softmax_gradient_bound, cross_entropy_error,
-                          gamma)
+from float_bounds import assert_within, cosine_logit_error, cosine_softmax_gradient_bound, cross_entropy_error, gamma
+from pic_plugin.engine.optimizers import LazyCorrectedSGD
 from pic_plugin.models.heads import MemoryBankNCE
+from pic_plugin.models.utils import LazySGDRows, RowStorage
 
 
 def normaliser_rtol(dim, temperature, num_noise, batch_size):
@@ -143,6 +144,16 @@ def test_bank_update_is_the_normalised_momentum_average_and_first_duplicate_wins
     untouched = torch.ones(30, dtype=torch.bool)
     untouched[sample_idx] = False
     assert torch.equal(head.bank.weight[untouched], before[untouched])
+
+
+def test_the_bank_is_row_storage_without_sgd_state_and_the_checkpoint_keeps_it_with_z_and_the_step():
+    head = MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5)
+    assert isinstance(head.bank, RowStorage) and not isinstance(head.bank, LazySGDRows)
+    assert list(head.bank.columns()) == ['weight']
+    wrapper = LazyCorrectedSGD(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9))
+    wrapper.register_rows(head)
+    assert wrapper.row_sets == []  # the bank is updated by the head itself, not by SGD
+    assert set(head.state_dict()) == {'bank.weight', 'normaliser', 'num_steps'}
 
 
 def test_bank_rows_stay_unit_norm_and_receive_no_gradient():

@@ -1,0 +1,66 @@
+"""Which classifier rows a step scores against: all of them, or the recent positives (PIC Sec. 2.3)."""
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .gather import all_gather_rows
+from .row_storage import RowStorage
+
+
+class AllNegatives(nn.Module):
+    """Every row of this rank's shard, every step: PIC's full soft-max and the full classifier's."""
+
+    def check(self, num_rows: int) -> None:
+        """Any table size works."""
+
+    def forward(self, sample_idx: Tensor, rows: RowStorage) -> Tuple[Tensor, Tensor]:
+        """``(C_r,)`` local classes of this step and each sample's column among them, ``(B,)`` (outside
+        ``[0, C_r)`` where the sample's row lives on another rank)."""
+        classes = torch.arange(rows.num_local_rows, device=sample_idx.device)  # (C_r,)
+        return classes, sample_idx - rows.row_offset
+
+
+class RecentNegatives(nn.Module):
+    """The batch's own rows plus those of the ``K`` most recent positives (PIC Sec. 2.3, "recent negative
+    sampling"), kept in a FIFO of instance indices.
+
+    Every rank sees the same classes (the batch indices are gathered over ranks), so a replicated table and its
+    averaged gradients stay identical everywhere; the gathered batch then enters the FIFO. The FIFO's buffers
+    are in the checkpoint, so a resumed run samples as the uninterrupted one.
+
+    Args:
+        num_negatives (int): ``K``, the number of recent positives kept. PIC uses 65536.
+    """
+
+    def __init__(self, num_negatives: int) -> None:
+        super().__init__()
+        if num_negatives < 1:
+            raise ValueError(f'num_negatives={num_negatives} must be positive (PIC uses 65536).')
+        self.num_negatives = num_negatives
+        # -1 marks an empty slot (the start of training)
+        self.register_buffer('recent_indices', torch.full((num_negatives, ), -1, dtype=torch.long))
+        self.register_buffer('recent_head', torch.zeros((), dtype=torch.long))
+
+    def check(self, num_rows: int) -> None:
+        """Refuse a table smaller than ``K``."""
+        if self.num_negatives > num_rows:
+            raise ValueError(f'num_negatives={self.num_negatives} must lie in [1, num_classes={num_rows}]: lower '
+                             "model.head.num_negatives for a small data set, or use negatives='full'.")
+
+    @torch.no_grad()
+    def forward(self, sample_idx: Tensor, rows: RowStorage) -> Tuple[Tensor, Tensor]:
+        """Sorted unique classes ``(C,)``: the global batch's and the FIFO's; and each sample's column ``(B,)``."""
+        global_batch = all_gather_rows(sample_idx)  # (G,)
+        recent = self.recent_indices[self.recent_indices >= 0]
+        classes = torch.unique(torch.cat([global_batch, recent]))  # (C,), sorted
+        positions = torch.searchsorted(classes, sample_idx)  # (B,)
+        self._enqueue(global_batch)
+        return classes, positions
+
+    def _enqueue(self, indices: Tensor) -> None:
+        capacity = self.recent_indices.numel()
+        indices = indices[-capacity:]
+        slots = (self.recent_head + torch.arange(indices.numel(), device=indices.device)) % capacity
+        self.recent_indices[slots] = indices
+        self.recent_head.copy_((self.recent_head + indices.numel()) % capacity)
