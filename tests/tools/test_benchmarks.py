@@ -99,3 +99,14 @@ def test_throughput_prints_images_per_second_and_both_ratios(monkeypatch, capsys
 def test_throughput_refuses_a_queue_that_is_not_a_multiple_of_the_batch(monkeypatch, capsys):
     with pytest.raises(ValueError, match='is not a multiple of --batch-size 48.*use e.g. --num-negatives 65520'):
         run_main('bench_throughput', ['--batch-size', '48'], monkeypatch, capsys)
+
+
+def test_throughput_starts_pic_with_a_full_queue_of_distinct_recent_negatives(monkeypatch):
+    import bench_throughput
+    monkeypatch.setattr(sys, 'argv', ['bench_throughput.py', '--backbone', 'tiny', '--num-instances', '300',
+                                      '--num-negatives', '64', '--batch-size', '8'])
+    args = bench_throughput.parse_args()
+    bench_throughput.apply_common_arguments(args)
+    fifo = bench_throughput.TrainStep(bench_throughput.model_specs(args)['PIC'], args).model.head.negatives
+    assert fifo.recent_indices.numel() == 64 and fifo.recent_indices.unique().numel() == 64
+    assert int(fifo.recent_indices.min()) >= 0  # every slot holds an instance: a step scores K + B rows

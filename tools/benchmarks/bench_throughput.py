@@ -124,11 +124,10 @@ class TrainStep:
 
     def _fill_recent_queue(self, seed: int) -> None:
         """Start PIC's recent-negative queue full of distinct indices, as after ``K / B`` steps."""
-        head = self.model.head
-        if head.negatives == 'recent':
+        fifo = getattr(self.model.head.negatives, 'recent_indices', None)  # RecentNegatives' FIFO
+        if fifo is not None:
             generator = torch.Generator().manual_seed(seed)
-            queue = torch.randperm(head.num_classes, generator=generator)[:head.recent_indices.numel()]
-            head.recent_indices.copy_(queue)
+            fifo.copy_(torch.randperm(self.model.head.num_classes, generator=generator)[:fifo.numel()])
 
     def draw_batch(self) -> None:
         """New instance indices for the next step (the images stay: only the labels matter to the cost)."""

@@ -12,10 +12,11 @@ there. Only the rows a step needs travel to the compute device. They are saved t
 ``state_dict`` like any other weight, so mmengine's checkpoints hold them; the rows of a sharded table are saved
 by ``ShardedTableHook``, which assembles the whole table for rank 0's checkpoints.
 """
+import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmengine.dist import get_dist_info
+from mmengine.dist import all_reduce, get_dist_info
 from torch import Tensor, nn
 
 PLACEMENTS = ('device', 'host')
@@ -136,8 +137,8 @@ class RowStorage(nn.Module):
         self.num_local_rows = sizes[shard_rank]
         shapes = {'weight': ((dim, ), dtype), **(columns or {})}
         self.column_names = tuple(shapes)
-        self._check_host_memory(shapes)
         pin = placement == 'host' and torch.cuda.is_available()
+        self._check_host_memory(shapes, pin)
         for name, (trailing, column_dtype) in shapes.items():
             setattr(self, name, torch.zeros((self.num_local_rows, ) + tuple(trailing), dtype=column_dtype,
                                             pin_memory=pin))
@@ -148,15 +149,24 @@ class RowStorage(nn.Module):
         else:
             self.weight.copy_(nn.functional.normalize(self.weight, dim=1))
 
-    def _check_host_memory(self, shapes: Dict[str, Tuple[Tuple[int, ...], torch.dtype]]) -> None:
-        """Refuse a table larger than the host memory that is available, saying how much it needs."""
-        row_bytes = sum(torch.Size(trailing).numel() * dtype.itemsize for trailing, dtype in shapes.values())
-        needed, available = self.num_local_rows * row_bytes, available_host_memory()
+    def _check_host_memory(self, shapes: Dict[str, Tuple[Tuple[int, ...], torch.dtype]], pin: bool) -> None:
+        """Refuse a table larger than the host memory that is available, saying how much it needs.
+
+        Every rank on this node (torch's launcher sets ``LOCAL_WORLD_SIZE``) allocates its table at the same time,
+        so the check counts all of them; pinned memory comes from CUDA's host allocator in powers of two.
+        """
+        column_bytes = [self.num_local_rows * torch.Size(trailing).numel() * dtype.itemsize
+                        for trailing, dtype in shapes.values()]
+        if pin:
+            column_bytes = [1 << max(0, size - 1).bit_length() for size in column_bytes]
+        ranks_on_node = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+        needed, available = sum(column_bytes) * ranks_on_node, available_host_memory()
         if available is not None and needed > available:
             raise MemoryError(
-                f'a table of {self.num_local_rows:,} rows x {self.dim} (columns {", ".join(shapes)}) needs '
-                f'{needed / 2**30:.1f} GiB on this rank but only {available / 2**30:.1f} GiB of host memory '
-                'is available: shard the rows over more ranks (sharded=True), or use a machine with more memory.')
+                f'a table of {self.num_local_rows:,} rows x {self.dim} (columns {", ".join(shapes)}'
+                f'{", pinned" if pin else ""}) needs {needed / 2**30:.1f} GiB on this node ({ranks_on_node} rank(s) '
+                f'of {sum(column_bytes) / 2**30:.1f} GiB) but only {available / 2**30:.1f} GiB of host memory is '
+                'available: shard the rows over more ranks (sharded=True), or use a machine with more memory.')
 
     def _check_device_memory(self, device: torch.device) -> None:
         """Refuse to move a table to an accelerator that cannot hold it, saying how much it needs."""
@@ -185,10 +195,14 @@ class RowStorage(nn.Module):
                 setattr(self, name, tensor.to(device))
 
     def check_range(self, global_indices: Tensor) -> None:
-        """Raise if a global row index (a dataset ``sample_idx``) lies outside ``[0, num_rows)``."""
-        if global_indices.numel() == 0:
-            return
-        low, high = int(global_indices.min()), int(global_indices.max())
+        """Raise on every rank if a global row index (a dataset ``sample_idx``) of any rank lies outside
+        ``[0, num_rows)``: a collective, so that no rank is left waiting for the others in the next one."""
+        if global_indices.numel():
+            bounds = torch.stack([-global_indices.min(), global_indices.max()]).long()  # (2,)
+        else:
+            bounds = torch.tensor([0, -1], device=global_indices.device)
+        all_reduce(bounds, op='max')  # the identity without a process group
+        low, high = -int(bounds[0]), int(bounds[1])
         if low < 0 or high >= self.num_rows:
             bad = low if low < 0 else high
             raise ValueError(f'sample_idx {bad} is out of range for a table of {self.num_rows} rows: the head\'s '

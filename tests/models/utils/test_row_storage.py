@@ -117,8 +117,8 @@ def test_bad_arguments(kwargs, match):
 
 def test_a_table_larger_than_the_host_memory_says_how_much_it_needs(monkeypatch):
     monkeypatch.setattr(row_storage_module, 'available_host_memory', lambda: 2**29)
-    with pytest.raises(MemoryError, match=r'1,281,167 rows x 128 \(columns weight\) needs 0\.6 GiB .* only 0\.5 GiB '
-                       r'.*sharded=True'):
+    with pytest.raises(MemoryError, match=r'1,281,167 rows x 128 \(columns weight\) needs 0\.6 GiB on this node '
+                       r'\(1 rank\(s\) of 0\.6 GiB\) but only 0\.5 GiB .*sharded=True'):
         RowStorage(1281167, 128)
     monkeypatch.setattr(row_storage_module, 'available_host_memory', lambda: 2**30)
     # with the SGD state every row needs 2 x 128 x 4 + 8 bytes
@@ -126,6 +126,18 @@ def test_a_table_larger_than_the_host_memory_says_how_much_it_needs(monkeypatch)
         LazySGDRows(1281167, 128)
     RowStorage(1281167, 128)  # the weight alone fits
     RowStorage(1000, 128)
+
+
+def test_the_host_memory_check_counts_every_rank_of_the_node_and_pinned_rounding(monkeypatch):
+    monkeypatch.setattr(row_storage_module, 'available_host_memory', lambda: 2**30)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')  # two ranks each allocate the 0.6 GiB replicated table
+    with pytest.raises(MemoryError, match=r'needs 1\.2 GiB on this node \(2 rank\(s\) of 0\.6 GiB\)'):
+        RowStorage(1281167, 128, placement='host')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
+    monkeypatch.setattr(row_storage_module, 'available_host_memory', lambda: int(0.9 * 2**30))
+    monkeypatch.setattr(row_storage_module.torch.cuda, 'is_available', lambda: True)  # pinned, were CUDA here
+    with pytest.raises(MemoryError, match=r'pinned\) needs 1\.0 GiB'):  # 0.6 GiB rounded up to 1 GiB
+        RowStorage(1281167, 128, placement='host')
 
 
 # ---- several processes (gloo on the CPU) --------------------------------------------------------------------
@@ -250,3 +262,17 @@ def test_a_sharded_table_missing_from_the_checkpoint_names_sharded_table_hook():
     for message in run_distributed(sharded_load_without_rows, 2):
         assert 'weight: the checkpoint holds none of this sharded table' in message
         assert 'ShardedTableHook' in message
+
+
+def bad_index_on_rank_0(rank: int, world_size: int) -> str:
+    rows = RowStorage(10, 4)
+    try:
+        rows.check_range(torch.tensor([3, 12]) if rank == 0 else torch.tensor([1, 2]))
+    except ValueError as error:
+        return str(error)
+    return 'went on'
+
+
+def test_an_index_out_of_range_on_one_rank_stops_every_rank():
+    for message in run_distributed(bad_index_on_rank_0, 2):
+        assert message.startswith('sample_idx 12 is out of range for a table of 10 rows')
