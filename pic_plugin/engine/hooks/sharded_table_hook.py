@@ -18,15 +18,14 @@ class ShardedTableHook(Hook):
 
     A sharded table is not in the model's ``state_dict`` (no rank holds it whole), and mmengine saves checkpoints
     from rank 0 alone, so without this hook a sharded classifier (the full classifier's hybrid parallelism) would
-    save none of its rows. With it, the checkpoint
-    holds the whole table: it resumes on any number of ranks (each rank loads its slice) and exports as one
-    file. The gather is a collective, so it cannot happen inside the save (rank 0 only): every rank takes part
-    just before ``CheckpointHook`` (lower priority) saves, and only then: after an epoch or iteration that its
-    ``interval``, ``save_begin`` and ``save_last`` make a saving one, and after validation when it keeps the
-    best checkpoint. Each rank's rows stream to rank 0's host memory a chunk at a time
-    (:func:`~pic_plugin.models.utils.gather.gather_rows_to_rank0`); rank 0 puts them into the checkpoint's
-    ``state_dict`` in ``before_save_checkpoint`` and forgets them. Tables that are not sharded are left alone.
-    Rank 0 shows the gather's progress and logs its duration.
+    save none of its rows. With it, the checkpoint holds the whole table: it resumes on any number of ranks (each
+    rank loads its slice) and exports as one file. The gather is a collective, so it cannot happen inside the save
+    (rank 0 only): every rank takes part just before ``CheckpointHook`` (lower priority) saves, and only then:
+    after an epoch or iteration that its ``interval``, ``save_begin`` and ``save_last`` make a saving one, and
+    after validation when it keeps the best checkpoint. Each rank's rows stream to rank 0's host memory a chunk
+    at a time (:func:`~pic_plugin.models.utils.gather.gather_rows_to_rank0`); rank 0 puts them into the
+    checkpoint's ``state_dict`` in ``before_save_checkpoint`` and forgets them. Tables that are not sharded are
+    left alone. Rank 0 shows the gather's progress and logs its duration.
     """
 
     priority = 'ABOVE_NORMAL'

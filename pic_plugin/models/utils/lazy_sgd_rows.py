@@ -24,11 +24,7 @@ import torch
 from mmengine.dist import all_reduce, get_world_size
 from torch import Tensor
 
-from .row_storage import RowStorage
-
-
-def _power_of_two_at_least(count: int) -> int:
-    return 1 << max(0, count - 1).bit_length()
+from .row_storage import RowStorage, power_of_two_at_least
 
 
 class TransitionProducts:
@@ -60,7 +56,7 @@ class TransitionProducts:
         self._capacity = 0
         self._num_built = 0  # leaves whose ancestors are up to date
         self._tree = torch.empty(0, 2, 2, dtype=torch.float64)
-        self._grow(_power_of_two_at_least(initial_capacity))
+        self._grow(power_of_two_at_least(initial_capacity))
 
     def append(self, lr: float, momentum: float, weight_decay: float) -> None:
         """Record ``A_j`` for the next step ``j = num_steps`` (PIC Eq. 3 with this step's ``eta``)."""
@@ -117,7 +113,7 @@ class TransitionProducts:
                              f'{state_dict["num_steps"]}: the state dict is damaged.')
         self.num_steps = 0
         self._pending_hyper_params = []
-        self._grow(max(self._capacity, _power_of_two_at_least(len(leaves))))
+        self._grow(max(self._capacity, power_of_two_at_least(len(leaves))))
         self._tree[self._capacity:self._capacity + len(leaves)] = leaves.to(torch.float64)
         self.num_steps = len(leaves)
 
@@ -133,7 +129,7 @@ class TransitionProducts:
         if self._pending_hyper_params:
             first = self.num_steps - len(self._pending_hyper_params)
             if self.num_steps > self._capacity:
-                self._grow(_power_of_two_at_least(self.num_steps))
+                self._grow(power_of_two_at_least(self.num_steps))
             lr, momentum, weight_decay = torch.tensor(self._pending_hyper_params,
                                                       dtype=torch.float64).unbind(1)  # 3 x (P,)
             leaves = torch.stack([1 - lr * weight_decay, -lr * momentum, weight_decay, momentum], 1)  # (P, 4)

@@ -37,6 +37,11 @@ def available_host_memory() -> Optional[int]:
     return None
 
 
+def power_of_two_at_least(count: int) -> int:
+    """The smallest power of two ``>= count`` (1 for ``count <= 1``)."""
+    return 1 << max(0, count - 1).bit_length()
+
+
 def shard_sizes(num_rows: int, world_size: int) -> List[int]:
     """Rows of each rank when ``num_rows`` are split evenly over ``world_size`` ranks, in rank order.
 
@@ -158,7 +163,7 @@ class RowStorage(nn.Module):
         column_bytes = [self.num_local_rows * torch.Size(trailing).numel() * dtype.itemsize
                         for trailing, dtype in shapes.values()]
         if pin:
-            column_bytes = [1 << max(0, size - 1).bit_length() for size in column_bytes]
+            column_bytes = [power_of_two_at_least(size) for size in column_bytes]
         ranks_on_node = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
         needed, available = sum(column_bytes) * ranks_on_node, available_host_memory()
         if available is not None and needed > available:
