@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import REPO_ROOT
 from pic_plugin import check_custom_imports
+from pic_plugin.datasets import VisitKey
 
 # pre-training configs; the downstream ones under benchmarks/ belong to their hosts' scopes (tests/benchmarks/)
 CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if not {'_base_', 'benchmarks'} & set(p.parts))
@@ -22,6 +23,15 @@ def test_config_loads_with_scope_and_imports(path):
     assert cfg.custom_imports == dict(imports=['pic_plugin'], allow_failed_imports=False)
     check_custom_imports(cfg)
     assert '_scope_' not in cfg.pretty_text  # no cross-package base leaks a scope into collate_fn
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT / 'configs')))
+def test_every_random_training_transform_is_seeded_by_its_visit(path):
+    """What tests/tools/test_resume.py shows exact for any loader setting holds for every pre-training config."""
+    loader = Config.fromfile(path).train_dataloader
+    assert loader.sampler.type in ('KeyedDefaultSampler', 'SlidingWindowSampler')  # they yield VisitKeys
+    steps = [step['type'] for step in loader.dataset.pipeline]
+    assert 'SeededByVisit' in steps and set(steps) <= {'LoadImageFromFile', 'SeededByVisit', 'PackInputs'}
 
 
 def test_pic_r50_builds_model_pipeline_and_optimiser(tmp_path):
@@ -38,8 +48,8 @@ def test_pic_r50_builds_model_pipeline_and_optimiser(tmp_path):
     pipeline = Compose(cfg.train_pipeline)
     photo = tmp_path / 'astronaut.png'
     Image.fromarray(skimage.data.astronaut()).save(photo)  # a real 512x512 photograph shipped by scikit-image
-    for _ in range(20):  # colour jitter (hue included) is drawn anew every time
-        packed = pipeline(dict(img_path=str(photo), sample_idx=17))
+    for epoch in range(20):  # colour jitter (hue included) is drawn anew for every visit
+        packed = pipeline(dict(img_path=str(photo), sample_idx=VisitKey(17, seed=0, epoch=epoch, position=3)))
         assert [tuple(view.shape) for view in packed['inputs']] == [(3, 224, 224)]  # one view
         assert packed['data_samples'].sample_idx == 17
 
@@ -71,7 +81,7 @@ def test_table2_configs_set_k_and_correction_on_the_epoch_scheduler(log2_k, corr
     cfg = ablation(f'pic_resnet50_8xb64-epochsampler-k{2 ** log2_k}{suffix}-coslr-200e_in1k.py')
     assert cfg.model.head.negatives == 'recent' and cfg.model.head.num_negatives == 2 ** log2_k
     assert cfg.optim_wrapper.correction is correction
-    assert cfg.train_dataloader.sampler == dict(type='DefaultSampler', shuffle=True)
+    assert cfg.train_dataloader.sampler == dict(type='KeyedDefaultSampler', shuffle=True)
 
 
 @pytest.mark.parametrize('window, stride', [(262144, 16384), (65536, 16384), (32768, 16384), (131072, 32768),
@@ -89,7 +99,7 @@ def test_table4_configs_scale_the_schedule(epochs, window):
     assert cfg.train_cfg.max_epochs == epochs
     warmup, cosine = cfg.param_scheduler
     assert warmup.end == cosine.begin == epochs / 40 and cosine.end == epochs
-    assert cfg.train_dataloader.sampler.type == ('SlidingWindowSampler' if window else 'DefaultSampler')
+    assert cfg.train_dataloader.sampler.type == ('SlidingWindowSampler' if window else 'KeyedDefaultSampler')
 
 
 def test_pic_r50_is_the_paper_default():

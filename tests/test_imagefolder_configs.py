@@ -8,7 +8,7 @@ from mmpretrain.registry import DATASETS, MODELS
 
 from conftest import REPO_ROOT
 from image_folders import MIXED_MODES, write_image_folder
-from pic_plugin.datasets import UnlabelledImageFolder
+from pic_plugin.datasets import UnlabelledImageFolder, VisitKey
 
 CONFIGS = REPO_ROOT / 'configs' / 'pic'
 CPU_CONFIG = CONFIGS / 'pic_resnet18-w16_1xb128-coslr-20e_imagefolder.py'
@@ -29,7 +29,8 @@ def test_the_configs_turn_a_folder_of_mixed_modes_into_3_channel_views(tmp_path,
     cfg = load(config)
     dataset = DATASETS.build(dict(cfg.train_dataloader.dataset, data_root=str(tmp_path)))
     assert type(dataset) is UnlabelledImageFolder and len(dataset) == 2 * len(MIXED_MODES)
-    views = [dataset[index]['inputs'][0] for index in range(len(dataset))]  # one view per image (PIC)
+    views = [dataset[VisitKey(index, seed=0, epoch=0, position=index)]['inputs'][0]  # one view per image (PIC)
+             for index in range(len(dataset))]
     assert {(tuple(view.shape), view.dtype) for view in views} == {((3, size, size), torch.uint8)}
 
 
@@ -40,7 +41,7 @@ def test_the_head_waits_for_the_data_and_nothing_evaluates_without_labels(config
     assert model.head.num_classes is None and model.head.rows is None  # InstanceCountCheckHook sizes it
     assert {'type': 'InstanceCountCheckHook'} in cfg.custom_hooks
     assert cfg.train_dataloader.drop_last is True
-    assert cfg.train_dataloader.sampler == dict(type='DefaultSampler', shuffle=True)
+    assert cfg.train_dataloader.sampler == dict(type='KeyedDefaultSampler', shuffle=True)
     assert all(cfg.get(key) is None for key in ('val_dataloader', 'val_cfg', 'val_evaluator'))
 
 

@@ -17,10 +17,11 @@ model = dict(
         label_smoothing=0.2,  # alpha of Eq. 3 (its Table 5 best: k = 100, alpha = 0.2)
         num_hard_classes=100))
 train_dataloader = dict(
-    sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True),  # epoch-based, as the paper
+    sampler=dict(_delete_=True, type='KeyedDefaultSampler', shuffle=True),  # epoch-based, as the paper
     dataset=dict(pipeline=[
         dict(type='LoadImageFromFile'),
-        dict(type='MultiView', num_views=2, transforms=[{{_base_.view_pipeline}}]),
+        dict(type='SeededByVisit',
+             transforms=[dict(type='MultiView', num_views=2, transforms=[{{_base_.view_pipeline}}])]),
         dict(type='PackInputs'),
     ]))
 custom_hooks = _base_.custom_hooks + [  # default_runtime.py's checks and table gathering, then

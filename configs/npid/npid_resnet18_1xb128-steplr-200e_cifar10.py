@@ -48,7 +48,7 @@ view_pipeline = [
     dict(type='PILToNumpy', to_bgr=False),
 ]
 train_pipeline = [
-    dict(type='MultiView', num_views=1, transforms=[view_pipeline]),
+    dict(type='SeededByVisit', transforms=[dict(type='MultiView', num_views=1, transforms=[view_pipeline])]),
     dict(type='PackInputs'),  # keeps 'sample_idx' (the instance label) in the metainfo
 ]
 test_pipeline = [dict(type='PackInputs')]
@@ -57,7 +57,7 @@ train_dataloader = dict(
     batch_size=128,  # the release's CIFAR script
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    sampler=dict(type='KeyedDefaultSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
     dataset=dict(type=dataset_type, data_root=data_root, split='train', download=False, pipeline=train_pipeline))
 

@@ -14,7 +14,9 @@ view_pipeline = [
 ]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='MultiView', num_views=1, transforms=[view_pipeline]),
+    # seeded by the visit (the sampler's VisitKey), so a view does not depend on the loader's workers, their
+    # persistence, the number of ranks or a resume
+    dict(type='SeededByVisit', transforms=[dict(type='MultiView', num_views=1, transforms=[view_pipeline])]),
     dict(type='PackInputs'),
 ]
 test_pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]
@@ -23,7 +25,7 @@ train_dataloader = dict(
     batch_size=128,
     num_workers=2,
     persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    sampler=dict(type='KeyedDefaultSampler', shuffle=True),
     collate_fn=dict(type='default_collate'),
     dataset=dict(type=dataset_type, data_root=data_root, data_prefix='train', pipeline=train_pipeline))
 

@@ -10,7 +10,7 @@ data_root = 'data/my_images/'  # set it with --cfg-options train_dataloader.data
 
 train_dataloader = dict(
     drop_last=True,
-    sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True),
+    sampler=dict(_delete_=True, type='KeyedDefaultSampler', shuffle=True),
     dataset=dict(_delete_=True, type=dataset_type, data_root=data_root, pipeline={{_base_.train_pipeline}}))
 val_dataloader = None
 val_cfg = None

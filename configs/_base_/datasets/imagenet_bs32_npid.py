@@ -15,7 +15,7 @@ view_pipeline = [
 ]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='MultiView', num_views=1, transforms=[view_pipeline]),
+    dict(type='SeededByVisit', transforms=[dict(type='MultiView', num_views=1, transforms=[view_pipeline])]),
     dict(type='PackInputs'),  # keeps 'sample_idx' (the instance label) in the metainfo
 ]
 train_dataloader = dict(
@@ -23,7 +23,7 @@ train_dataloader = dict(
     num_workers=8,
     persistent_workers=True,
     pin_memory=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),  # the release shuffles each epoch
+    sampler=dict(type='KeyedDefaultSampler', shuffle=True),  # the release shuffles each epoch
     collate_fn=dict(type='default_collate'),
     dataset=dict(type='ImageNet', data_root='data/imagenet/', split='train', pipeline=train_pipeline))
 

@@ -21,7 +21,9 @@ view_pipeline = [
 ]
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='MultiView', num_views=1, transforms=[view_pipeline]),
+    # seeded by the visit (the sampler's VisitKey), so a view does not depend on the loader's workers, their
+    # persistence, the number of ranks or a resume
+    dict(type='SeededByVisit', transforms=[dict(type='MultiView', num_views=1, transforms=[view_pipeline])]),
     dict(type='PackInputs'),  # keeps 'sample_idx' (the instance label) in the metainfo
 ]
 train_dataloader = dict(

@@ -1,3 +1,3 @@
 # PIC Table 4: 400 epochs with the epoch-based scheduler.
 _base_ = ['./pic_resnet50_8xb64-coslr-400e_in1k.py']
-train_dataloader = dict(sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True))
+train_dataloader = dict(sampler=dict(_delete_=True, type='KeyedDefaultSampler', shuffle=True))

@@ -7,6 +7,8 @@ from mmengine.dist import get_dist_info, sync_random_seed
 from mmpretrain.registry import DATA_SAMPLERS
 from torch.utils.data import Sampler
 
+from ..visit_key import VisitKey, visit_keys
+
 # Separate stream tags keep the pass permutations and the window shuffles independent.
 PASS_PERMUTATION_TAG = 0
 WINDOW_SHUFFLE_TAG = 1
@@ -40,7 +42,9 @@ class SlidingWindowSampler(Sampler):
     epoch ``e - 1`` stopped, so ``max_epochs=200`` means ``200 * N`` samples with or without the
     window, and each instance is still seen once per epoch on average. The order is a pure
     function of ``(seed, epoch, rank, world size)``, so a resumed run sees the same samples as
-    an uninterrupted one.
+    an uninterrupted one. Each index is a :class:`~pic_plugin.datasets.VisitKey` naming its visit, so
+    ``SeededByVisit`` gives an image visited twice in an epoch two different views, the same ones
+    after a resume.
 
     **Distributed.** The epoch's N positions are padded by wrapping to a multiple of the world
     size (``round_up=True``) or truncated to one (``round_up=False``); rank ``r`` takes positions
@@ -175,12 +179,13 @@ class SlidingWindowSampler(Sampler):
         skipped = first_window * self.window_size
         return windows.reshape(-1)[start - skipped:stop - skipped]
 
-    def __iter__(self) -> Iterator[int]:
-        """Yield this rank's share of epoch ``self.epoch``."""
+    def __iter__(self) -> Iterator[VisitKey]:
+        """Yield this rank's share of epoch ``self.epoch``, each index keyed by its visit (:class:`VisitKey`)."""
         epoch_start = self.epoch * self.num_instances
         indices = self.sequence(epoch_start, epoch_start + self.num_instances)  # (N,)
         indices = np.resize(indices, self.total_size)  # wraps to pad, or truncates
-        return iter(indices[self.rank::self.world_size].tolist())
+        share = indices[self.rank::self.world_size].tolist()
+        return iter(visit_keys(share, self.seed, self.epoch, self.rank, self.world_size))
 
     def __len__(self) -> int:
         """The number of samples this rank yields per epoch."""

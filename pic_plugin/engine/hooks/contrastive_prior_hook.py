@@ -118,7 +118,7 @@ class ContrastivePriorHook(Hook):
     def _sequential_loader(self, runner) -> DataLoader:
         """The training set in order, each rank its share, with the training loader's dataset and collate."""
         train_loader = runner.train_dataloader
-        config = dict(dataset=train_loader.dataset, sampler=dict(type='DefaultSampler', shuffle=False),
+        config = dict(dataset=train_loader.dataset, sampler=dict(type='mmpretrain.KeyedDefaultSampler', shuffle=False),
                       batch_size=loader_batch_size(train_loader), num_workers=train_loader.num_workers,
                       collate_fn=train_loader.collate_fn)
         config.update(self.dataloader)

@@ -1,0 +1,3 @@
+from .seeded_by_visit import SeededByVisit
+
+__all__ = ['SeededByVisit']
