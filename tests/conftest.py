@@ -28,6 +28,25 @@ def run_cli(args, cwd: Path, timeout: int = 600, **extra_env: str) -> subprocess
     return result
 
 
+SUBSET = 256  # the first 256 training images (mmengine's ``indices``): 2 iterations of 128 per epoch
+SHORT_RUN = ['--cfg-options', f'train_dataloader.dataset.indices={SUBSET}', f'model.head.num_classes={SUBSET}',
+             'train_cfg.max_epochs=2', 'default_hooks.checkpoint.interval=1', 'train_cfg.val_interval=2']
+
+
+def train_two_short_epochs(config: Path, work_dir: Path, cwd: Path) -> str:
+    """Train ``config`` for ``SHORT_RUN`` through tools/train.py and return its log, having checked that it ran:
+    a finite loss logged at the end of each epoch and a kNN top-1 after the last."""
+    import re
+    result = run_cli([sys.executable, REPO_ROOT / 'tools' / 'train.py', config, '--work-dir', work_dir, *SHORT_RUN],
+                     cwd=cwd)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    losses = [float(loss) for loss in re.findall(r'Epoch\(train\) +\[\d\]\[\d/2\].*? loss: (\d+\.\d+)', log)]
+    assert len(losses) == 2 and all(0 < loss < float('inf') for loss in losses), log[-3000:]
+    assert re.search(r'knn/top1: \d+\.\d+', log), log[-3000:]
+    return log
+
+
 def bin_path(name: str) -> str:
     """An executable of the interpreter's environment (e.g. ``mim``)."""
     return str(Path(sys.executable).parent / name)

@@ -3,8 +3,6 @@ the CIFAR-10 config runs a step on CIFAR-shaped images, the ImageNet one holds t
 
 The run uses the first 256 training images (mmengine's ``indices``), so an epoch is 2 iterations.
 """
-import re
-import sys
 
 import numpy as np
 import skimage.data
@@ -17,25 +15,15 @@ from mmpretrain.registry import MODELS
 from PIL import Image
 
 import pic_plugin  # noqa: F401  (registers the components)
-from conftest import REPO_ROOT, load_checkpoint, run_cli
+from conftest import REPO_ROOT, SUBSET, load_checkpoint, train_two_short_epochs
 from pic_plugin.datasets import VisitKey
 
 NPID_TINY_CONFIG = REPO_ROOT / 'configs' / 'npid' / 'npid_resnet18-w16_1xb128-coslr-20e_digits.py'
-SUBSET = 256
-SHORT_RUN = ['--cfg-options', f'train_dataloader.dataset.indices={SUBSET}', f'model.head.num_classes={SUBSET}',
-             'train_cfg.max_epochs=2', 'default_hooks.checkpoint.interval=1', 'train_cfg.val_interval=2']
 
 
 def test_npid_tiny_config_trains_and_checkpoints_the_bank(digits_workspace, tmp_path):
     work_dir = tmp_path / 'work'
-    result = run_cli([sys.executable, REPO_ROOT / 'tools' / 'train.py', NPID_TINY_CONFIG, '--work-dir', work_dir,
-                      *SHORT_RUN], cwd=digits_workspace)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    losses = [float(loss) for loss in re.findall(r'Epoch\(train\) +\[\d\]\[\d/2\].*? loss: (\d+\.\d+)', log)]
-    assert len(losses) == 2, log[-3000:]  # logged at the end of each epoch
-    assert all(0 < loss < float('inf') for loss in losses)
-    assert re.search(r'knn/top1: \d+\.\d+', log), log[-3000:]
+    train_two_short_epochs(NPID_TINY_CONFIG, work_dir, cwd=digits_workspace)
 
     state = load_checkpoint(work_dir / 'epoch_2.pth')['state_dict']
     bank = state['head.bank.weight']

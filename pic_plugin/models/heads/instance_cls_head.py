@@ -35,6 +35,8 @@ class _CosineLogits(torch.autograd.Function):
         unit_feats, weight, scales, logits = ctx.saved_tensors
         scaled = (grad * scales).to(weight.dtype)  # (B, C)
         grad_feats = scaled @ weight  # (B, D)
+        if not ctx.needs_input_grad[1]:  # detached rows (the small crops of multi-crop): no row gradient to form
+            return grad_feats, None, None
         # d logit_bc / d w_c = z_hat_b * s_c - logit_bc * w_c / |w_c|^2, and 1 / |w_c|^2 = (s_c tau)^2
         radial = (grad * logits).sum(dim=0) * (scales * ctx.temperature).square()  # (C,)
         grad_weight = (scaled.t() @ unit_feats).addcmul_(weight, radial[:, None].to(weight.dtype), value=-1)
@@ -80,6 +82,10 @@ class InstanceClsHead(BaseModule):
     ``backward``, updated by PIC Eq. 2 (``LazyCorrectedSGD`` calls their ``step``). Negative selection
     (:class:`AllNegatives` / :class:`RecentNegatives`) and targets (:class:`OneHotTargets` /
     :class:`HardClassTargets`) are parts of their own; ``loss`` is one step from top to bottom.
+
+    Multi-crop (the public PIC release, not the paper): ``loss(feats, sample_idx, detached_feats,
+    detached_sample_idx)`` also scores the small crops, against the same rows detached, so that the rows are
+    trained by ``feats`` alone.
 
     ``num_classes='auto'`` builds the head without rows and leaves them to ``allocate_rows``.
 
@@ -186,12 +192,27 @@ class InstanceClsHead(BaseModule):
         self.targets.set_hard_classes(hard_classes)
 
     @torch.compiler.disable  # data-dependent shapes (row gathers, unique, FIFO): eager under torch.compile
-    def loss(self, feats: Tensor, sample_idx: Tensor) -> Dict[str, Tensor]:
-        """Cosine soft-max loss of a batch.
+    def loss(self,
+             feats: Tensor,
+             sample_idx: Tensor,
+             detached_feats: Optional[Tensor] = None,
+             detached_sample_idx: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Cosine soft-max loss of a batch, and of further views scored against the same rows detached.
+
+        The detached views are the small crops of the public PIC release's multi-crop (see
+        ``InstanceClassification``'s ``num_large_views``): their logits use this step's rows (the same classes,
+        brought to the same step) without gradient, so only ``feats`` train the rows, which take one PIC Eq. 2
+        step as without them; ``detached_feats`` still get their gradient. The loss is the mean over all
+        ``B_r + B_d`` samples, the release's one cross-entropy over the concatenated logits.
 
         Args:
             feats (Tensor): ``(B_r, D)`` projected features of this rank's images.
             sample_idx (Tensor): ``(B_r,)`` instance labels: the images' indices in the training set.
+            detached_feats (Tensor, optional): ``(B_d, D)`` projected features of other views, scored against the
+                rows detached. Defaults to None.
+            detached_sample_idx (Tensor, optional): ``(B_d,)`` their instance labels, each among the classes this
+                step scores (``sample_idx`` of any rank, e.g. other views of the same images). Required with
+                ``detached_feats``. Defaults to None.
 
         Returns:
             dict[str, Tensor]: ``{'loss': ...}``, the mean over the global batch when sharded.
@@ -199,13 +220,49 @@ class InstanceClsHead(BaseModule):
         if self.rows is None:
             raise RuntimeError("num_classes='auto' and no rows yet: InstanceCountCheckHook (in custom_hooks) "
                                'allocates them before training; outside the runner, call allocate_rows(N) first.')
+        if (detached_feats is None) != (detached_sample_idx is None):
+            raise ValueError('detached_feats and detached_sample_idx go together: give both (the small crops and '
+                             'their instance labels) or neither.')
         sample_idx = sample_idx.to(feats.device).long()
         self.rows.check_range(sample_idx)
         self.rows.place_on(feats.device)
         if self.sharded:  # every rank scores the global batch against its own rows
             feats, sample_idx = all_gather_rows_with_grad(feats), all_gather_rows(sample_idx)  # (B, D), (B,)
         classes, positions = self.negatives(sample_idx, self.rows)  # (C_r,) local rows, (B,) columns
+        if detached_feats is not None:
+            detached_sample_idx = detached_sample_idx.to(feats.device).long()
+            self.rows.check_range(detached_sample_idx)
+            if self.sharded:
+                detached_feats = all_gather_rows_with_grad(detached_feats)  # (B_d, D) of the global batch
+                detached_sample_idx = all_gather_rows(detached_sample_idx)  # (B_d,)
+            detached_positions = self._columns_of(detached_sample_idx, classes)  # (B_d,)
         weight = self.rows.rows_for_step(classes, feats.device)  # (C_r, D), brought to this step
         logits = cosine_logits(feats, weight, self.temperature)  # (B, C_r)
         target_columns, target_weights = self.targets(positions, weight.shape[0], self.rows)  # (B, T) each
+        if detached_feats is not None:  # the same rows, without gradient: no second update, no second FIFO entry
+            detached_logits = cosine_logits(detached_feats, weight.detach(), self.temperature)  # (B_d, C_r)
+            detached_columns, detached_weights = self.targets(detached_positions, weight.shape[0], self.rows)
+            logits = torch.cat([logits, detached_logits])  # (B + B_d, C_r)
+            target_columns = torch.cat([target_columns, detached_columns])  # (B + B_d, T)
+            target_weights = torch.cat([target_weights, detached_weights])  # (B + B_d, T)
         return dict(loss=sharded_cross_entropy(logits, target_columns, target_weights, self.sharded))
+
+    def _columns_of(self, sample_idx: Tensor, classes: Tensor) -> Tensor:
+        """Each instance's column among a step's classes, ``(B,)``: -1 where another rank's shard holds it.
+
+        Args:
+            sample_idx (Tensor): ``(B,)`` global instance indices.
+            classes (Tensor): ``(C_r,)`` the step's sorted local rows, as the negative selection returns them.
+
+        Raises:
+            ValueError: If the table is not sharded and an instance is not among the classes.
+        """
+        global_classes = classes + self.rows.row_offset  # (C_r,), sorted
+        columns = torch.searchsorted(global_classes, sample_idx).clamp(max=len(global_classes) - 1)  # (B,)
+        found = global_classes[columns] == sample_idx  # (B,)
+        if not self.sharded and not bool(found.all()):
+            missing = sample_idx[~found][0].item()
+            raise ValueError(f'instance {missing} of the detached views is not among the classes of this step: '
+                             "with negatives='recent' a detached view must be another view of an image of the "
+                             'batch (its small crop), so that its row is one of the rows the step uses.')
+        return torch.where(found, columns, -1)

@@ -1,4 +1,5 @@
 """The one-branch instance-classification algorithm shared by PIC, the full classifier and NPID."""
+import itertools
 from typing import Dict, List, Optional, Union
 
 import torch
@@ -8,6 +9,8 @@ from mmpretrain.models import BaseSelfSupervisor
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 from torch import Tensor
+
+from ..heads.instance_cls_head import InstanceClsHead
 
 KNN_FEATURES = ('backbone', 'projection')
 
@@ -26,12 +29,28 @@ class InstanceClassification(BaseSelfSupervisor):
     linear probe or a downstream task receives), or the L2-normalised projection the head is trained on
     (``'projection'``: NPID Sec. 3.4 votes with the 128-d embedding).
 
+    Multi-crop (``num_large_views``; the public PIC release, https://github.com/bl0/PIC, ``contrast/models/PIC.py``
+    and ``scripts/PIC.sh``, not the paper): each image comes as ``V_l`` large crops and ``V_s`` small ones (the
+    release: 1 x 160 px at scale 0.14-1 and 3 x 96 px at scale 0.08-0.14; 68.6% linear top-1 at 200 epochs
+    against the paper's 67.3%). The small crops' logits use a detached copy of the rows the large crops' step
+    selects, so only the large crops train the classifier (one PIC Eq. 2 update per row and step, as the lazy
+    correction assumes); the small crops still train the backbone and the neck. Views of one size go through the
+    network as one batch (the large crops, then the small ones), so the small crops share their BatchNorm
+    statistics (the release runs each crop separately). The loss is the mean over every crop of every image,
+    ``(V_l * L_large + V_s * L_small) / (V_l + V_s)`` with each ``L`` the mean over its crops: the release's one
+    cross-entropy over the concatenated logits. The rows' gradient is then ``V_l / (V_l + V_s)`` of a
+    single-crop step's (1/4 for 1 + 3 crops), as in the release.
+
     Args:
         backbone (dict): Backbone config, e.g. ``dict(type='ResNet', depth=50)``.
         neck (dict): Projection head config, e.g. mmpretrain's ``NonLinearNeck`` (2-layer MLP, PIC Table 1).
         head (dict): Loss head config: ``InstanceClsHead`` or ``MemoryBankNCE``.
         knn_feature (str): What ``'predict'`` mode evaluates: ``'backbone'`` or ``'projection'`` (see above).
             Defaults to 'backbone'.
+        num_large_views (int, optional): Multi-crop (see above): the first ``num_large_views`` views of each image
+            (``MultiView``'s first pipeline) are the large crops, the rest the small ones. Needs
+            ``InstanceClsHead``. None treats every view alike (PIC's one view, the full classifier's two).
+            Defaults to None.
         channels_last (bool): Keep the convolution weights and the images in the channels-last memory format
             (faster convolutions on recent GPUs and CPUs with AMX / AVX-512). Defaults to False.
         data_preprocessor (dict, optional): Defaults to mmpretrain's ``SelfSupDataPreprocessor``.
@@ -43,15 +62,24 @@ class InstanceClassification(BaseSelfSupervisor):
                  neck: dict,
                  head: dict,
                  knn_feature: str = 'backbone',
+                 num_large_views: Optional[int] = None,
                  channels_last: bool = False,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
         if knn_feature not in KNN_FEATURES:
             raise ValueError(f'knn_feature={knn_feature!r} is not one of {KNN_FEATURES}: set model.knn_feature to '
                              "'backbone' (the pooled backbone feature) or 'projection' (NPID's embedding).")
+        if num_large_views is not None and num_large_views < 1:
+            raise ValueError(f'num_large_views={num_large_views} must be at least 1 (the PIC release uses 1 large '
+                             'crop), or None for no multi-crop.')
         super().__init__(backbone=backbone, neck=neck, head=head, data_preprocessor=data_preprocessor,
                          init_cfg=init_cfg)
+        if num_large_views is not None and not isinstance(self.head, InstanceClsHead):
+            raise ValueError(f'num_large_views={num_large_views} (multi-crop) scores the small crops against the '
+                             f'classifier rows detached, which InstanceClsHead does; the head is '
+                             f'{type(self.head).__name__}: set model.num_large_views=None.')
         self.knn_feature = knn_feature
+        self.num_large_views = num_large_views
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.to(memory_format=torch.channels_last)  # the 4-d weights; Module.to(device) keeps their strides
@@ -101,7 +129,8 @@ class InstanceClassification(BaseSelfSupervisor):
         """Project every view of each image and classify it as its own instance.
 
         PIC feeds one view per image; the full classifier feeds two "for fair comparison" with two-branch
-        methods (its Sec. 4). All views go through the network as one batch and share their image's label.
+        methods (its Sec. 4). All views go through the network as one batch and share their image's label; with
+        ``num_large_views`` set, :meth:`multi_crop_loss` does instead.
 
         Args:
             inputs (list[Tensor]): ``V`` views from ``SelfSupDataPreprocessor``, each ``(B, C, H, W)``.
@@ -111,13 +140,45 @@ class InstanceClassification(BaseSelfSupervisor):
             dict[str, Tensor]: The head's losses.
         """
         views = self.views(inputs)
+        if self.num_large_views is not None:
+            return self.multi_crop_loss(views, data_samples)
         images = torch.cat(views)  # (V * B, C, H, W)
         labels = self.instance_labels(data_samples, images.device).repeat(len(views))  # (V * B,)
         return self.head.loss(self.project(images), labels)  # (V * B, D), (V * B,)
 
+    def multi_crop_loss(self, views: List[Tensor], data_samples: List[DataSample]) -> Dict[str, Tensor]:
+        """The PIC release's multi-crop: the large crops train the rows, the small ones score against them detached.
+
+        Args:
+            views (list[Tensor]): ``V_l`` large crops ``(B, C, H, W)``, then the small ones ``(B, C, h, w)``.
+            data_samples (list[DataSample]): One per image, each with ``sample_idx`` in its metainfo.
+
+        Returns:
+            dict[str, Tensor]: The head's loss, the mean over all crops (see the class docstring).
+
+        Raises:
+            ValueError: If there are fewer views than ``num_large_views``.
+        """
+        if len(views) < self.num_large_views:
+            raise ValueError(f'got {len(views)} views per image for num_large_views={self.num_large_views}: the '
+                             "train pipeline's MultiView must give the large crops first, e.g. num_views=[1, 3].")
+        large, small = views[:self.num_large_views], views[self.num_large_views:]
+        labels = self.instance_labels(data_samples, views[0].device)  # (B,)
+        large_feats = self.project_views(large)  # (V_l * B, D)
+        if not small:
+            return self.head.loss(large_feats, labels.repeat(len(large)))
+        return self.head.loss(large_feats, labels.repeat(len(large)),
+                              detached_feats=self.project_views(small),  # (V_s * B, D)
+                              detached_sample_idx=labels.repeat(len(small)))  # (V_s * B,)
+
     def project(self, images: Tensor) -> Tensor:
         """Backbone, then neck: the ``(B, D)`` projected features the head classifies."""
         return self.neck(self.backbone(images.contiguous(memory_format=self.memory_format)))[0]
+
+    def project_views(self, views: List[Tensor]) -> Tensor:
+        """Project views that may differ in size: each run of views of one size is one batch, ``(V * B, D)``."""
+        groups = [list(group) for _, group in itertools.groupby(views, key=lambda view: view.shape[2:])]
+        return torch.cat([self.project(torch.cat(group)) for group in groups])  # view after view
 
     @staticmethod
     def views(inputs: Union[Tensor, List[Tensor]]) -> List[Tensor]:

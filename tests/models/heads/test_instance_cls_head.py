@@ -259,3 +259,84 @@ def test_an_auto_sized_head_checks_what_depends_on_the_size_when_it_gets_it(kwar
 def test_a_num_classes_that_is_neither_a_size_nor_auto_is_refused(num_classes):
     with pytest.raises(ValueError, match=f"got num_rows={num_classes!r}, .* or to 'auto'"):
         InstanceClsHead(num_classes=num_classes, in_channels=4)
+
+
+def multi_crop_problem(num_classes=30, dim=8, num_small=3):
+    """A batch of 4 images: their large crops' features and ``num_small`` small crops' each, in float64."""
+    generator = torch.Generator().manual_seed(2)
+    sample_idx = torch.tensor([4, 17, 0, 29])
+    feats = torch.randn(4, dim, generator=generator, dtype=torch.float64)
+    small = torch.randn(num_small * 4, dim, generator=generator, dtype=torch.float64)
+    return sample_idx, feats, small, sample_idx.repeat(num_small)
+
+
+@pytest.mark.parametrize('negatives', ['full', 'recent'])
+def test_detached_views_are_scored_against_the_step_rows_and_give_them_no_gradient(negatives):
+    """The PIC release's multi-crop loss: one cross-entropy over the large and the small crops' logits, the small
+    ones against the step's rows detached; in float64, so that the comparison checks the formula."""
+    torch.manual_seed(0)
+    head = float64_rows(InstanceClsHead(30, 8, negatives=negatives, num_negatives=6))
+    sample_idx, feats, small, small_idx = multi_crop_problem()
+    feats.requires_grad_(True), small.requires_grad_(True)
+    loss = head.loss(feats, sample_idx, detached_feats=small, detached_sample_idx=small_idx)['loss']
+    loss.backward()
+    used = head.rows.handed_out
+    classes = torch.arange(30) if negatives == 'full' else torch.unique(sample_idx)  # the FIFO was empty
+    assert torch.equal(used.local_indices, classes)  # the large crops' classes: the small ones add none
+
+    rows = used.weight.detach().clone().requires_grad_(True)
+    reference_feats, reference_small = feats.detach().requires_grad_(True), small.detach().requires_grad_(True)
+    targets = torch.searchsorted(classes, sample_idx)
+    logits = torch.cat([cosine_logits(reference_feats, rows, 0.2), cosine_logits(reference_small, rows.detach(), 0.2)])
+    reference = F.cross_entropy(logits, targets.repeat(4))  # the mean over all 16 crops, as the release
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=0, atol=1e-12)
+    torch.testing.assert_close(feats.grad, reference_feats.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(small.grad, reference_small.grad, rtol=0, atol=1e-12)
+    assert small.grad.abs().min() > 0  # every small crop is trained
+    torch.testing.assert_close(used.weight.grad, rows.grad, rtol=0, atol=1e-12)
+    # the rows' gradient is the large crops' alone, at their share 4 / 16 of the samples
+    large_only = used.weight.detach().clone().requires_grad_(True)
+    (cosine_softmax_loss(feats.detach(), large_only, targets, 0.2) * 4 / 16).backward()
+    torch.testing.assert_close(used.weight.grad, large_only.grad, rtol=0, atol=1e-12)
+
+
+def multi_crop_steps(small_feats, steps=2, loss_scale=1.):
+    """``steps`` LazyCorrectedSGD steps of a recent-negative head on the same large crops, with the given small
+    crops' features (None: the large crops alone, their loss times ``loss_scale``); rows, FIFO and step count."""
+    torch.manual_seed(0)
+    head = float64_rows(InstanceClsHead(30, 8, negatives='recent', num_negatives=6))
+    wrapper = make_wrapper([torch.nn.Parameter(torch.zeros(1))], head, lr=0.5, weight_decay=0.01)
+    generator = torch.Generator().manual_seed(3)
+    for step in range(steps):
+        sample_idx = torch.randperm(30, generator=generator)[:4]
+        feats = torch.randn(4, 8, generator=generator, dtype=torch.float64)
+        if small_feats is None:
+            loss = head.loss(feats, sample_idx)['loss'] * loss_scale
+        else:
+            loss = head.loss(feats, sample_idx, small_feats[step], sample_idx.repeat(3))['loss']
+        wrapper.update_params(loss)
+        assert head.rows.num_steps == step + 1 and head.rows.handed_out is None  # one row update per step
+    return head.rows.weight.clone(), head.rows.last_step.clone(), head.negatives.recent_indices.clone()
+
+
+def test_detached_views_take_no_row_update_and_no_fifo_entry_of_their_own():
+    generator = torch.Generator().manual_seed(4)
+    small_a, small_b = torch.randn(2, 2, 12, 8, generator=generator, dtype=torch.float64)
+    rows_a, last_step_a, recent_a = multi_crop_steps(small_a)
+    rows_b, last_step_b, recent_b = multi_crop_steps(small_b)
+    assert torch.equal(rows_a, rows_b)  # whatever the small crops are, the rows move alike
+    rows_large, last_step_large, recent_large = multi_crop_steps(None, loss_scale=4 / 16)
+    torch.testing.assert_close(rows_a, rows_large, rtol=0, atol=1e-12)  # as the large crops' (scaled) loss alone
+    assert torch.equal(last_step_a, last_step_large) and torch.equal(last_step_a, last_step_b)
+    assert torch.equal(recent_a, recent_large) and torch.equal(recent_a, recent_b)  # 8 entries, not 32
+
+
+def test_detached_views_need_their_labels_and_rows_of_the_step():
+    head = InstanceClsHead(num_classes=30, in_channels=4, negatives='recent', num_negatives=6)
+    with pytest.raises(ValueError, match='detached_feats and detached_sample_idx go together'):
+        head.loss(torch.randn(2, 4), torch.tensor([0, 1]), detached_feats=torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"instance 7 of the detached views is not among the classes of this step: "
+                       r"with negatives='recent' a detached view must be another view of an image of the batch"):
+        head.loss(torch.randn(2, 4), torch.tensor([0, 1]), torch.randn(2, 4), torch.tensor([1, 7]))
+    assert head.rows.handed_out is None  # refused before any row was handed out

@@ -142,3 +142,51 @@ def test_an_auto_sized_sharded_head_gets_its_shard_of_the_rows_a_single_process_
     assert [offset for offset, _, _ in ranks] == [0, 19] and [shape for _, _, shape in ranks] == [(19, HARD),
                                                                                                   (18, HARD)]
     assert torch.equal(torch.cat([weight for _, weight, _ in ranks]), single)
+
+
+def multi_crop_step(head, rows, hard, feats, sample_idx, small):
+    """``head_step`` with 2 small crops per image scored detached: loss, large and small feature and row gradients."""
+    head.rows.weight.copy_(rows)
+    head.set_hard_classes(hard)
+    feats, small = feats.clone().requires_grad_(True), small.clone().requires_grad_(True)
+    loss = head.loss(feats, sample_idx, detached_feats=small, detached_sample_idx=sample_idx.repeat(2))['loss']
+    loss.backward()
+    return loss.detach(), feats.grad, small.grad.view(2, -1, DIM), head.rows.handed_out.weight.grad
+
+
+def multi_crop_problem(world_size, batch=slice(None)):
+    """``problem`` plus 2 small crops per image, in float64, for the images of ``batch``."""
+    rows, feats, sample_idx, hard = problem(world_size)
+    small = torch.randn(2, len(sample_idx), DIM, generator=torch.Generator().manual_seed(5))  # (2, B, D)
+    return rows.double(), feats.double()[batch], sample_idx[batch], hard, small.double()[:, batch].flatten(0, 1)
+
+
+def rank_batch(rank):
+    start = sum(BATCH_PER_RANK[:rank])
+    return slice(start, start + BATCH_PER_RANK[rank])
+
+
+def sharded_multi_crop_rank(rank, world_size):
+    rows, feats, sample_idx, hard, small = multi_crop_problem(world_size, rank_batch(rank))
+    head = InstanceClsHead(NUM_CLASSES, DIM, sharded=True, label_smoothing=0.2, num_hard_classes=HARD)
+    head.rows = LazySGDRows(NUM_CLASSES, DIM, sharded=True, dtype=torch.float64)  # float64: checks the data flow
+    shard = slice(head.rows.row_offset, head.rows.row_offset + head.rows.num_local_rows)
+    return (shard, ) + multi_crop_step(head, rows[shard], hard[shard], feats, sample_idx, small)
+
+
+def test_sharded_head_scores_detached_views_as_the_single_process_head():
+    rows, feats, sample_idx, hard, small = multi_crop_problem(2)
+    single = float64_head(InstanceClsHead(NUM_CLASSES, DIM, label_smoothing=0.2, num_hard_classes=HARD))
+    loss, feat_grad, small_grad, row_grad = multi_crop_step(single, rows, hard, feats, sample_idx, small)
+    assert small_grad.abs().sum() > 0
+    covered = torch.zeros(NUM_CLASSES, dtype=torch.bool)
+    for rank, (shard, rank_loss, rank_feat_grad, rank_small_grad, rank_row_grad) in enumerate(
+            run_distributed(sharded_multi_crop_rank, 2)):
+        batch = rank_batch(rank)
+        torch.testing.assert_close(rank_loss, loss, rtol=0, atol=1e-12)
+        # each rank's features carry world_size x their share (DDP averages the backbone's gradients)
+        torch.testing.assert_close(rank_feat_grad / 2, feat_grad[batch], rtol=0, atol=1e-12)
+        torch.testing.assert_close(rank_small_grad / 2, small_grad[:, batch], rtol=0, atol=1e-12)
+        torch.testing.assert_close(rank_row_grad, row_grad[shard], rtol=0, atol=1e-12)
+        covered[shard] = True
+    assert covered.all()

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from mmengine.config import Config
@@ -5,7 +7,7 @@ from mmengine.optim import OptimWrapper
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from conftest import TINY_CONFIG
+from conftest import REPO_ROOT, TINY_CONFIG
 from pic_plugin.engine.optimizers import LazyCorrectedSGD
 
 
@@ -96,3 +98,93 @@ def test_every_view_is_classified_as_its_image(model, monkeypatch):
     monkeypatch.setattr(model.head, 'loss', record)
     model([torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)], samples([4, 0, 9]), mode='loss')
     assert seen == dict(shape=torch.Size([6, 128]), labels=[4, 0, 9, 4, 0, 9])
+
+
+@pytest.fixture()
+def multi_crop_model():
+    import pic_plugin  # noqa: F401
+    cfg = Config.fromfile(TINY_CONFIG)
+    cfg.model.head.num_classes = 20
+    torch.manual_seed(0)
+    return MODELS.build(dict(cfg.model, num_large_views=1))
+
+
+def crops(generator_seed, batch=4):
+    """One 32 px large crop and three 16 px small ones per image, as the digits multi-crop config makes them."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    return [torch.randn(batch, 3, 32, 32, generator=generator)] + [
+        torch.randn(batch, 3, 16, 16, generator=generator) for _ in range(3)]
+
+
+def test_multi_crop_runs_each_size_as_one_batch_and_scores_the_small_crops_detached(multi_crop_model, monkeypatch):
+    batches, seen = [], {}
+    backbone_forward = multi_crop_model.backbone.forward
+    monkeypatch.setattr(multi_crop_model.backbone, 'forward',
+                        lambda images: batches.append(tuple(images.shape)) or backbone_forward(images))
+
+    def record(feats, sample_idx, detached_feats, detached_sample_idx):
+        seen.update(shapes=(feats.shape, detached_feats.shape), labels=sample_idx.tolist(),
+                    detached_labels=detached_sample_idx.tolist())
+        return {'loss': feats.sum() + detached_feats.sum()}
+
+    monkeypatch.setattr(multi_crop_model.head, 'loss', record)
+    multi_crop_model(crops(0, batch=3), samples([4, 0, 9]), mode='loss')
+    assert batches == [(3, 3, 32, 32), (9, 3, 16, 16)]  # the large crop, then the small crops together
+    assert seen == dict(shapes=(torch.Size([3, 128]), torch.Size([9, 128])), labels=[4, 0, 9],
+                        detached_labels=[4, 0, 9] * 3)
+
+
+def multi_crop_step(model, views, indices):
+    """One LazyCorrectedSGD step on ``views``; the number of times the rows were handed out, and the small crops'
+    gradient."""
+    wrapper = LazyCorrectedSGD(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4))
+    wrapper.register_rows(model)
+    handed_out = []
+    rows_for_step = model.head.rows.rows_for_step
+    model.head.rows.rows_for_step = lambda *args: handed_out.append(args) or rows_for_step(*args)
+    views = [view.requires_grad_(True) for view in views]
+    wrapper.update_params(model(views, samples(indices), mode='loss')['loss'])
+    return len(handed_out), [view.grad for view in views]
+
+
+def test_only_the_large_crop_moves_the_rows_and_the_small_crops_train_the_network(multi_crop_model):
+    twin = copy.deepcopy(multi_crop_model)
+    other_small = crops(1)[1:]
+    times_a, grads_a = multi_crop_step(multi_crop_model, crops(0), [0, 5, 19, 3])
+    times_b, _ = multi_crop_step(twin, crops(0)[:1] + other_small, [0, 5, 19, 3])
+    rows_a, rows_b = multi_crop_model.head.rows, twin.head.rows
+    # other small crops, the same rows: they took no gradient from the small crops
+    assert torch.equal(rows_a.weight, rows_b.weight) and torch.equal(rows_a.momentum, rows_b.momentum)
+    # ... but the backbone and the neck did
+    assert not torch.equal(multi_crop_model.backbone.conv1.weight, twin.backbone.conv1.weight)
+    assert not torch.equal(multi_crop_model.neck.fc0.weight, twin.neck.fc0.weight)
+    assert all(grad.abs().sum() > 0 for grad in grads_a)  # every crop back-propagates into the backbone
+    # one row update per step, as the lazy correction expects
+    assert times_a == times_b == 1 and rows_a.num_steps == 1 and rows_a.handed_out is None
+    assert rows_a.last_step.tolist() == [1] * 20  # the full soft-max: every row, once
+
+
+def test_one_view_under_multi_crop_is_the_single_crop_model(model, multi_crop_model):
+    """Without small crops the multi-crop model is PIC's one-view model: the same loss and gradients, bit for bit."""
+    images = torch.randn(4, 3, 32, 32)
+    losses = []
+    for each in (model, multi_crop_model):
+        losses.append(each([images], samples([0, 5, 19, 3]), mode='loss')['loss'])
+        losses[-1].backward()
+        each.head.rows.step(lr=0.1, momentum=0.9, weight_decay=1e-4)
+    assert torch.equal(*losses)
+    for (name, param), twin_param in zip(model.named_parameters(), multi_crop_model.parameters()):
+        assert torch.equal(param.grad, twin_param.grad), name
+    assert torch.equal(model.head.rows.weight, multi_crop_model.head.rows.weight)
+
+
+def test_multi_crop_arguments_are_checked(multi_crop_model):
+    cfg = Config.fromfile(TINY_CONFIG)
+    with pytest.raises(ValueError, match=r'num_large_views=0 must be at least 1'):
+        MODELS.build(dict(cfg.model, num_large_views=0))
+    npid = Config.fromfile(REPO_ROOT / 'configs' / 'npid' / 'npid_resnet18-w16_1xb128-coslr-20e_digits.py')
+    with pytest.raises(ValueError, match=r'num_large_views=1 \(multi-crop\) .* the head is MemoryBankNCE'):
+        MODELS.build(dict(npid.model, num_large_views=1))
+    multi_crop_model.num_large_views = 2
+    with pytest.raises(ValueError, match=r'got 1 views per image for num_large_views=2.*num_views=\[1, 3\]'):
+        multi_crop_model([torch.randn(2, 3, 32, 32)], samples([0, 1]), mode='loss')
