@@ -15,6 +15,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from pic_plugin import check_custom_imports
+from pic_plugin.utils import check_data_roots
 from pic_plugin.utils.launcher import add_launcher_arguments, parse_launcher_args
 
 
@@ -44,6 +45,7 @@ def build_config(args: argparse.Namespace) -> Config:
         raise ValueError(f'{args.config} has no {", ".join(missing)}: add the weighted-kNN validation, e.g. '
                          "val_dataloader with dataset=dict(type='KNNSplits', train=..., test=...), "
                          "val_evaluator=dict(type='WeightedKNN', k=200, tau=0.07) and val_cfg=dict().")
+    check_data_roots(cfg, 'val_dataloader')
     if not any(hook.get('type') == 'EvalProgressHook' for hook in cfg.get('custom_hooks', [])):
         cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='EvalProgressHook')]
     # mmpretrain's VisualizationHook looks at runner.train_loop after every validation step, even when disabled,

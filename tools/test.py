@@ -9,6 +9,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from pic_plugin import check_custom_imports
+from pic_plugin.utils import check_data_roots
 from pic_plugin.utils.launcher import add_launcher_arguments, parse_launcher_args
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     check_custom_imports(cfg)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    check_data_roots(cfg, 'test_dataloader')
     cfg.launcher = args.launcher
     cfg.load_from = args.checkpoint
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
