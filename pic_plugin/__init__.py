@@ -17,7 +17,8 @@ __version__ = '0.1.0'
 allow_mmengine_checkpoints()
 
 _REGISTRIES = (registry.MODELS, registry.DATA_SAMPLERS, registry.DATASETS, registry.OPTIM_WRAPPERS,
-               registry.OPTIM_WRAPPER_CONSTRUCTORS, registry.HOOKS, registry.METRICS, registry.TRANSFORMS)
+               registry.OPTIM_WRAPPER_CONSTRUCTORS, registry.HOOKS, registry.METRICS, registry.TRANSFORMS,
+               registry.LOOPS)
 
 
 def registered_names() -> Set[str]:

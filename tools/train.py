@@ -12,7 +12,6 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from pic_plugin import check_custom_imports
-from pic_plugin.utils import check_data_roots
 from pic_plugin.utils.launcher import add_launcher_arguments, parse_launcher_args
 
 
@@ -70,7 +69,6 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     check_custom_imports(cfg)
     cfg = merge_args(cfg, args)
-    check_data_roots(cfg, 'train_dataloader', 'val_dataloader')
     init_cpu_process_group(cfg)
     runner = Runner.from_cfg(cfg)
     runner.train()

@@ -1,9 +1,10 @@
 from .hooks import (BatchSamplerPreciseBNHook, ContrastivePriorHook, EvalProgressHook, FeaturePicturesHook,
                     HardClassHook, InstanceCountCheckHook, NaNGuardHook, ShardedTableHook)
 from .optimizers import AmpLazyCorrectedSGD, LazyCorrectedSGD, LazyCorrectedSGDConstructor
+from .runners import CheckedEpochBasedTrainLoop
 
 __all__ = [
     'BatchSamplerPreciseBNHook', 'ContrastivePriorHook', 'EvalProgressHook', 'FeaturePicturesHook', 'HardClassHook',
     'InstanceCountCheckHook', 'NaNGuardHook', 'ShardedTableHook', 'AmpLazyCorrectedSGD', 'LazyCorrectedSGD',
-    'LazyCorrectedSGDConstructor'
+    'LazyCorrectedSGDConstructor', 'CheckedEpochBasedTrainLoop'
 ]

@@ -6,6 +6,7 @@ optim_wrapper = dict(type='OptimWrapper', constructor='LazyCorrectedSGDConstruct
                      optimizer=dict(type='SGD', lr=0.03, momentum=0.9, weight_decay=1e-4))
 param_scheduler = [dict(type='MultiStepLR', by_epoch=True, milestones=[120, 160], gamma=0.1)]
 # the weighted kNN once, after the last epoch
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=200, val_interval=200)
+# mmengine's EpochBasedTrainLoop, stopping first with a clear error if a data folder is missing or empty
+train_cfg = dict(type='CheckedEpochBasedTrainLoop', max_epochs=200, val_interval=200)
 # lr above is for 8 x 32 = 256; `--auto-scale-lr` rescales it for another total batch
 auto_scale_lr = dict(base_batch_size=256)

@@ -14,6 +14,7 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', T_max=195, eta_min=0., by_epoch=True, begin=5, end=200,
          convert_to_iter_based=True),
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=200)
+# mmengine's EpochBasedTrainLoop, stopping first with a clear error if a data folder is missing or empty
+train_cfg = dict(type='CheckedEpochBasedTrainLoop', max_epochs=200)
 # lr above is for 8 x 64; `--auto-scale-lr` rescales it for another total batch
 auto_scale_lr = dict(base_batch_size=512)

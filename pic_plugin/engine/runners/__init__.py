@@ -1,0 +1,3 @@
+from .checked_epoch_loop import CheckedEpochBasedTrainLoop
+
+__all__ = ['CheckedEpochBasedTrainLoop']
