@@ -46,6 +46,9 @@ def main() -> None:
     print(f'weighted kNN top-1 (k={cfg.val_evaluator.k}, tau={cfg.val_evaluator.tau}) on held-out images:')
     print(f'  random init:     {random_init["knn/top1"]:.2f}%')
     print(f'  pre-trained:     {trained["knn/top1"]:.2f}%')
+    print(f'one run, seed {cfg.randomness.seed}: another seed or CPU lands elsewhere; the mean and spread over seeds')
+    print(f'  come from: python tools/analysis_tools/compare_methods.py --run demo {args.config} --seeds 0 1 2 '
+          f'--epochs {cfg.train_cfg.max_epochs} --out-dir work_dirs/compare/demo (README: learning quality)')
     print(f'checkpoint:        {checkpoint}')
     print(f'logs:              {runner.log_dir}')
     print('=' * 72)

@@ -23,7 +23,8 @@ model = dict(
         std=[51.5865, 50.847, 51.255],  # the release's (0.2023, 0.1994, 0.2010) x 255
         to_rgb=False),  # CIFAR10 yields RGB arrays already
     # "We use ResNet18 as the backbone network" (Sec. 4.1): the release's CIFAR ResNet-18 (3x3 stem, no max-pool)
-    backbone=dict(type='ResNet_CIFAR', depth=18),
+    # with the release's default init: no zero-init of each block's last BN (mmpretrain's ResNet default)
+    backbone=dict(type='ResNet_CIFAR', depth=18, zero_init_residual=False),
     # "its output features mapped into 128-dimensional vectors" (Sec. 4.1): one Linear(512, 128), no BatchNorm
     neck=dict(type='LinearNeck', in_channels=512, out_channels=128, gap_dim=2, norm_cfg=None),
     head=dict(
