@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from mmcv.transforms import BaseTransform, Compose
 from mmpretrain.registry import TRANSFORMS
+from torch.utils.data import get_worker_info
 
 from ..visit_key import VisitKey
 
@@ -15,23 +16,26 @@ SAMPLERS_WITH_KEYS = "type='KeyedDefaultSampler' (DefaultSampler's order) or typ
 
 @contextmanager
 def seeded_random_state(entropy: Sequence[int]) -> Iterator[None]:
-    """Seed Python's ``random``, NumPy's global and torch's CPU generator from ``entropy``; restore them after.
+    """Seed Python's ``random``, NumPy's global and torch's CPU generator from ``entropy``.
 
-    The three streams get independent seeds from one ``numpy.random.SeedSequence``. The caller's states come
-    back on exit, so a pipeline run in the training process (``num_workers=0``) leaves the model's random stream
-    as it was.
+    The three streams get independent seeds from one ``numpy.random.SeedSequence``. In the training process
+    (``num_workers=0``) the caller's states come back on exit, so the pipeline leaves the model's random stream as
+    it was. In a loader worker the global streams serve the pipeline alone and every visit seeds them anew, so
+    they are not saved (that would cost more than the seeding).
     """
     words = np.random.SeedSequence(list(entropy)).generate_state(4, np.uint32)
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            random.seed(int(words[0]) << 32 | int(words[1]))
-            np.random.seed(words[2])
-            torch.manual_seed(int(words[3]))
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+    in_worker = get_worker_info() is not None
+    saved = None if in_worker else (random.getstate(), np.random.get_state(), torch.default_generator.get_state())
+    random.seed(int(words[0]) << 32 | int(words[1]))
+    np.random.seed(words[2])
+    torch.default_generator.manual_seed(int(words[3]))
+    try:
+        yield
+    finally:
+        if saved is not None:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.default_generator.set_state(saved[2])
 
 
 @TRANSFORMS.register_module()
@@ -40,9 +44,10 @@ class SeededByVisit(BaseTransform):
 
     The sampler names each visit by a :class:`~pic_plugin.datasets.VisitKey` ``(seed, epoch, position,
     index)``; this wrapper seeds ``random``, ``numpy`` and ``torch`` from it before the wrapped transforms draw
-    (and restores the caller's state after). Then a visit's view does not depend on which loader worker runs
-    it, whether the workers persist across epochs, how many ranks share the epoch, or whether the run was
-    resumed: a resumed run draws the views the uninterrupted run drew. Two visits of one image (two epochs,
+    (in the training process it restores the caller's state after: :func:`seeded_random_state`). Then a visit's
+    view does not depend on which loader worker runs it, whether the workers persist across epochs, how many
+    ranks share the epoch, or whether the run was resumed: a resumed run draws the views the uninterrupted run
+    drew. Two visits of one image (two epochs,
     or two windows of ``SlidingWindowSampler``) get different views.
 
     ``results['sample_idx']`` leaves as the plain index. Evaluation pipelines do not use this wrapper.
