@@ -45,7 +45,6 @@ def build_config(args: argparse.Namespace) -> Config:
         raise ValueError(f'{args.config} has no {", ".join(missing)}: add the weighted-kNN validation, e.g. '
                          "val_dataloader with dataset=dict(type='KNNSplits', train=..., test=...), "
                          "val_evaluator=dict(type='WeightedKNN', k=200, tau=0.07) and val_cfg=dict().")
-    check_data_roots(cfg, 'val_dataloader')
     if not any(hook.get('type') == 'EvalProgressHook' for hook in cfg.get('custom_hooks', [])):
         cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='EvalProgressHook')]
     # mmpretrain's VisualizationHook looks at runner.train_loop after every validation step, even when disabled,
@@ -63,6 +62,7 @@ def build_config(args: argparse.Namespace) -> Config:
 def main() -> None:
     args = parse_args()
     cfg = build_config(args)
+    check_data_roots(cfg, 'val_dataloader')
     runner = Runner.from_cfg(cfg)
     metrics = runner.val()
     if runner.rank != 0:
