@@ -81,6 +81,18 @@ def assert_same_training_state(a, b, where: str = 'checkpoint') -> None:
         assert a == b, f'{where}: {a!r} != {b!r}'
 
 
+def assert_same_checkpoint(expected_path: Path, got_path: Path) -> dict:
+    """Two checkpoint files hold the same epoch, iteration, ``state_dict`` and ``optimizer``; returns the second.
+
+    ``state_dict`` covers the weights and buffers (rows, FIFO, bank, Z, step counters), ``optimizer`` the SGD state.
+    """
+    expected, got = load_checkpoint(expected_path), load_checkpoint(got_path)
+    assert (expected['meta']['epoch'], expected['meta']['iter']) == (got['meta']['epoch'], got['meta']['iter'])
+    for part in ('state_dict', 'optimizer'):
+        assert_same_training_state(expected[part], got[part], part)
+    return got
+
+
 def pytest_report_header(config) -> str:
     """Which CPU kernels ATen runs (set with ATEN_CPU_CAPABILITY; see tools/ci/unit_tests_per_cpu_capability.sh)."""
     import torch

@@ -22,7 +22,7 @@ from typing import List
 
 import pytest
 
-from conftest import REPO_ROOT, assert_same_training_state, bin_path, load_checkpoint, run_cli
+from conftest import REPO_ROOT, assert_same_checkpoint, bin_path, load_checkpoint, run_cli
 
 NO_VALIDATION = ['default_hooks.checkpoint.interval=1', 'train_cfg.val_begin=100']
 METHODS = {
@@ -59,13 +59,6 @@ def train_command(method: str, work_dir: Path, epochs: int, *extra: str, entry: 
     config, options = METHODS[method]
     return [*ENTRY_POINTS[entry], str(config), '--work-dir', str(work_dir), *extra, '--cfg-options', *options,
             *LOADERS[loader], f'train_cfg.max_epochs={epochs}']
-
-
-def assert_same_checkpoint(expected: Path, got: Path) -> None:
-    expected, got = load_checkpoint(expected), load_checkpoint(got)
-    assert (expected['meta']['epoch'], expected['meta']['iter']) == (got['meta']['epoch'], got['meta']['iter'])
-    for part in ('state_dict', 'optimizer'):  # weights, buffers (rows, FIFO, bank, Z, steps); SGD state
-        assert_same_training_state(expected[part], got[part], part)
 
 
 @pytest.fixture(scope='module')
