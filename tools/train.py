@@ -9,6 +9,7 @@ import os.path as osp
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from pic_plugin import check_custom_imports
@@ -70,7 +71,8 @@ def main() -> None:
     check_custom_imports(cfg)
     cfg = merge_args(cfg, args)
     init_cpu_process_group(cfg)
-    runner = Runner.from_cfg(cfg)
+    # as mmpretrain's tools/train.py: the configs' runner_type (HostResumeRunner) comes from the registry
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()
 
 

@@ -21,8 +21,13 @@ default_hooks = dict(
 # first NaN / inf loss (before it reaches a checkpoint); gather a sharded classifier's rows into each checkpoint.
 custom_hooks = [dict(type='InstanceCountCheckHook'), dict(type='NaNGuardHook'), dict(type='ShardedTableHook')]
 
+# mmengine's Runner, but a resume reads the checkpoint (the whole instance table) into host memory, not onto every
+# GPU; tools/train.py and `mim train mmpretrain` build it (mmselfsup's train script ignores runner_type)
+runner_type = 'mmpretrain.HostResumeRunner'
 env_cfg = dict(
-    cudnn_benchmark=False,
+    # training crops have fixed sizes (224 px; 160 / 96 px with multi-crop): cuDNN times its convolution
+    # algorithms once per shape and keeps the fastest
+    cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='nccl'),
 )

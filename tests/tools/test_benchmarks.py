@@ -110,3 +110,30 @@ def test_throughput_starts_pic_with_a_full_queue_of_distinct_recent_negatives(mo
     fifo = bench_throughput.TrainStep(bench_throughput.model_specs(args)['PIC'], args).model.head.negatives
     assert fifo.recent_indices.numel() == 64 and fifo.recent_indices.unique().numel() == 64
     assert int(fifo.recent_indices.min()) >= 0  # every slot holds an instance: a step scores K + B rows
+
+
+def test_r50_run_trains_each_variant_through_tools_train_and_prints_its_row(tmp_path, monkeypatch, capsys):
+    """ResNet-50 at 224 px, a tiny table and batch: every variant trains through tools/train.py with its own
+    placement and precision, and gets a row from mmengine's logged iterations."""
+    work_dir = tmp_path / 'run'
+    out = run_main('bench_r50_run', ['--device', 'cpu', '--variants', 'device-fp32', 'host-bf16', '--batch-size', '4',
+                                     '--iters', '2', '--warmup', '1', '--images', '8', '--num-instances', '2048',
+                                     '--num-negatives', '256', '--num-workers', '0', '--work-dir', str(work_dir)],
+                   monkeypatch, capsys)
+    assert 'tools/train.py' in out and 'N = 2,048 rows, K = 256' in out
+    [device_row], [host_row] = table_rows(out, 'device-fp32'), table_rows(out, 'host-bf16')
+    for row in (device_row, host_row):
+        assert float(row[4]) > 0 and row[6] == 'n/a (CPU)' and row[7] == '1'  # images/s, memory, steps timed
+    assert device_row[5] == '1.00'
+    written = {name: (work_dir / name / 'pic_r50_short.py').read_text() for name in ('device-fp32', 'host-bf16')}
+    assert "placement='device'" in written['device-fp32'] and "dtype='bfloat16'" not in written['device-fp32']
+    assert "placement='host'" in written['host-bf16'] and "dtype='bfloat16'" in written['host-bf16']
+
+
+@pytest.mark.parametrize('flags, message', [(['--variants', 'device-amp'], "--amp needs a GPU"),
+                                            (['--variants', 'gpu-fp32'], 'expected PLACEMENT-PRECISION'),
+                                            (['--images', '8'], '--images 8 is below --batch-size 64')])
+def test_r50_run_refuses_what_it_cannot_run(flags, message, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        run_main('bench_r50_run', ['--device', 'cpu', *flags], monkeypatch, capsys)
+    assert message in capsys.readouterr().err
