@@ -73,7 +73,7 @@ class HeadStep:
         self.device = torch.device(args.device)
         self.base_lr = 0.03
         self.features = nn.Linear(args.dim, args.dim).to(self.device)
-        # .to() moves the head's buffers (the recent negatives' FIFO); the rows place themselves (RowStorage.place_on)
+        # .to() moves the head's buffers; the FIFO stays on the host and the rows place themselves (RowStorage.place_on)
         self.head = InstanceClsHead(num_classes=num_rows, in_channels=args.dim, negatives=negatives,
                                     num_negatives=args.num_negatives, placement=args.placement).to(self.device)
         self.optim = LazyCorrectedSGD(torch.optim.SGD(self.features.parameters(), lr=self.base_lr,
@@ -81,11 +81,11 @@ class HeadStep:
         self.optim.register_rows(self.head)
         self.inputs = torch.randn(args.batch_size, args.dim, device=self.device)  # (B, D)
         self.stream = DistinctIndexStream(num_rows, args.batch_size, args.seed)
-        self.indices = self.stream.next_batch().to(self.device)  # (B,)
+        self.indices = self.stream.next_batch()  # (B,) on the host, as InstanceClassification gives them
 
     def draw_indices(self) -> None:
         """Draw the indices of the next step's batch (untimed: a new permutation costs O(N) once a pass)."""
-        self.indices = self.stream.next_batch().to(self.device)
+        self.indices = self.stream.next_batch()
 
     def _set_learning_rate(self) -> None:
         """A cosine over 100k steps: every step gets its own lr, so its transition (Eq. 3) differs."""
@@ -297,22 +297,23 @@ def bare_operations(bench: HeadStep) -> Dict[str, Callable[[], None]]:
     """
     rows, device = bench.head.rows, bench.device
     classes = torch.unique(torch.cat([bench.head.negatives.recent_indices, bench.indices.cpu()]))
-    classes = classes[classes >= 0].to(rows.weight.device)  # (C,)
+    classes = classes[classes >= 0]  # (C,) on the host, moved to each column's device below
     num_classes, dim, batch = classes.numel(), rows.dim, bench.inputs.shape[0]
     feats, weight = torch.randn(batch, dim, device=device), torch.randn(num_classes, dim, device=device)
     grad = torch.randn(batch, num_classes, device=device)
-    gathered = {name: column.index_select(0, classes) for name, column in rows.columns().items()}
+    on_device = {name: classes.to(column.device) for name, column in rows.columns().items()}
+    gathered = {name: column.index_select(0, on_device[name]) for name, column in rows.columns().items()}
 
     def products() -> None:
         feats @ weight.t(), grad.t() @ feats, grad @ weight
 
     def gather() -> None:
-        for column in rows.columns().values():
-            column.index_select(0, classes)
+        for name, column in rows.columns().items():
+            column.index_select(0, on_device[name])
 
     def write() -> None:
         for name, column in rows.columns().items():
-            column.index_copy_(0, classes, gathered[name])
+            column.index_copy_(0, on_device[name], gathered[name])
 
     return {'matrix products': products, 'bare gather': gather, 'bare write': write}
 

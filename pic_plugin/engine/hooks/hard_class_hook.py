@@ -105,7 +105,7 @@ class HardClassHook(Hook):
 
     def _search(self, rows: LazySGDRows, device: torch.device) -> Tensor:
         """``(num_local_rows, k)`` global indices of the hard classes of this rank's rows."""
-        weight = rows.weight.to(device)  # (n, D)
+        weight = rows.columns()['weight'].to(device)  # (n, D), with every write done
         options = dict(chunk_size=self.chunk_size, key_block_size=self.key_block_size, progress=True)
         if rows.world_size > 1:  # sharded: every rank searches its own rows over all shards
             return top_k_similar_rows(weight, self.k, row_offset=rows.row_offset, sharded=True, **options).indices

@@ -1,5 +1,5 @@
 """The parametric instance classifier of PIC and of the full one-million-way classifier."""
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -8,9 +8,10 @@ from mmpretrain.registry import MODELS
 from torch import Tensor
 
 from ..utils.distributed_softmax import sharded_cross_entropy
-from ..utils.gather import all_gather_rows, all_gather_rows_with_grad
+from ..utils.gather import all_gather_rows, all_gather_rows_with_grad, all_sizes, host_group, is_distributed
 from ..utils.lazy_sgd_rows import LazySGDRows
 from ..utils.negatives import AllNegatives, RecentNegatives
+from ..utils.row_storage import to_device
 from ..utils.targets import HardClassTargets, OneHotTargets
 
 NEGATIVE_MODES = ('full', 'recent')
@@ -205,9 +206,13 @@ class InstanceClsHead(BaseModule):
         step as without them; ``detached_feats`` still get their gradient. The loss is the mean over all
         ``B_r + B_d`` samples, the release's one cross-entropy over the concatenated logits.
 
+        Every choice of the step (the range check, the classes, each sample's column) is made on the host, from
+        host instance labels, so that on a GPU no step waits for a value read back from it.
+
         Args:
             feats (Tensor): ``(B_r, D)`` projected features of this rank's images.
-            sample_idx (Tensor): ``(B_r,)`` instance labels: the images' indices in the training set.
+            sample_idx (Tensor): ``(B_r,)`` instance labels: the images' indices in the training set, on the host
+                (``InstanceClassification`` gives them so; a GPU tensor is read back).
             detached_feats (Tensor, optional): ``(B_d, D)`` projected features of other views, scored against the
                 rows detached. Defaults to None.
             detached_sample_idx (Tensor, optional): ``(B_d,)`` their instance labels, each among the classes this
@@ -223,29 +228,40 @@ class InstanceClsHead(BaseModule):
         if (detached_feats is None) != (detached_sample_idx is None):
             raise ValueError('detached_feats and detached_sample_idx go together: give both (the small crops and '
                              'their instance labels) or neither.')
-        sample_idx = sample_idx.to(feats.device).long()
+        sample_idx = sample_idx.cpu().long()  # (B_r,) on the host
         self.rows.check_range(sample_idx)
         self.rows.place_on(feats.device)
         if self.sharded:  # every rank scores the global batch against its own rows
-            feats, sample_idx = all_gather_rows_with_grad(feats), all_gather_rows(sample_idx)  # (B, D), (B,)
-        classes, positions = self.negatives(sample_idx, self.rows)  # (C_r,) local rows, (B,) columns
+            feats, sample_idx = self._gather_global_batch(feats, sample_idx)  # (B, D), (B,)
+        classes, positions = self.negatives(sample_idx, self.rows)  # (C_r,) local rows, (B,) columns: host
         if detached_feats is not None:
-            detached_sample_idx = detached_sample_idx.to(feats.device).long()
+            detached_sample_idx = detached_sample_idx.cpu().long()
             self.rows.check_range(detached_sample_idx)
-            if self.sharded:
-                detached_feats = all_gather_rows_with_grad(detached_feats)  # (B_d, D) of the global batch
-                detached_sample_idx = all_gather_rows(detached_sample_idx)  # (B_d,)
+            if self.sharded:  # (B_d, D), (B_d,) of the global batch
+                detached_feats, detached_sample_idx = self._gather_global_batch(detached_feats, detached_sample_idx)
             detached_positions = self._columns_of(detached_sample_idx, classes)  # (B_d,)
         weight = self.rows.rows_for_step(classes, feats.device)  # (C_r, D), brought to this step
         logits = cosine_logits(feats, weight, self.temperature)  # (B, C_r)
-        target_columns, target_weights = self.targets(positions, weight.shape[0], self.rows)  # (B, T) each
+        target_columns, target_weights = self.targets(to_device(positions, feats.device), weight.shape[0],
+                                                      self.rows)  # (B, T) each
         if detached_feats is not None:  # the same rows, without gradient: no second update, no second FIFO entry
             detached_logits = cosine_logits(detached_feats, weight.detach(), self.temperature)  # (B_d, C_r)
-            detached_columns, detached_weights = self.targets(detached_positions, weight.shape[0], self.rows)
+            detached_columns, detached_weights = self.targets(to_device(detached_positions, feats.device),
+                                                              weight.shape[0], self.rows)
             logits = torch.cat([logits, detached_logits])  # (B + B_d, C_r)
             target_columns = torch.cat([target_columns, detached_columns])  # (B + B_d, T)
             target_weights = torch.cat([target_weights, detached_weights])  # (B + B_d, T)
         return dict(loss=sharded_cross_entropy(logits, target_columns, target_weights, self.sharded))
+
+    @staticmethod
+    def _gather_global_batch(feats: Tensor, sample_idx: Tensor) -> Tuple[Tensor, Tensor]:
+        """Every rank's features (differentiable, through the backend) and host labels (through the host group):
+        ``(B_r, D), (B_r,) -> (B, D), (B,)``. The ranks' batch sizes come from the labels, on the host."""
+        if not is_distributed():
+            return feats, sample_idx
+        group = host_group()
+        sizes = all_sizes(sample_idx, group)
+        return all_gather_rows_with_grad(feats, sizes), all_gather_rows(sample_idx, group, sizes)
 
     def _columns_of(self, sample_idx: Tensor, classes: Tensor) -> Tensor:
         """Each instance's column among a step's classes, ``(B,)``: -1 where another rank's shard holds it.

@@ -10,8 +10,8 @@ from mmpretrain.registry import MODELS
 from torch import Tensor
 
 from ..utils.distributed_softmax import at_least_float32
-from ..utils.gather import all_gather_rows
-from ..utils.row_storage import RowStorage, first_occurrences
+from ..utils.gather import all_gather_rows, host_group
+from ..utils.row_storage import RowStorage, first_occurrences, to_device
 
 LOSS_MODES = ('nce', 'softmax')
 
@@ -158,7 +158,7 @@ class MemoryBankNCE(BaseModule):
         if self.bank is None:
             raise RuntimeError("num_classes='auto' and no bank yet: InstanceCountCheckHook (in custom_hooks) "
                                'allocates it before training; outside the runner, call allocate_rows(N) first.')
-        local_indices = self.bank.to_local(sample_idx.to(feats.device))  # also checks the range
+        local_indices = self.bank.to_local(sample_idx)  # on the host; also checks the range
         self.bank.place_on(feats.device)
         features = F.normalize(feats, dim=1)  # (B, D), f_i
         positives = self.bank.gather(local_indices, feats.device)  # (B, D), v_i^(t-1): a copy, no grad
@@ -177,7 +177,7 @@ class MemoryBankNCE(BaseModule):
         """Eq. 2-3: cross-entropy of ``v_j^T f / tau`` over all ``N`` bank rows."""
         all_rows = self.bank.gather(torch.arange(self.num_classes, device=features.device), features.device)
         logits = at_least_float32(features @ all_rows.t()) / self.temperature  # (B, D) x (D, N) -> (B, N)
-        return F.cross_entropy(logits, local_indices)
+        return F.cross_entropy(logits, to_device(local_indices, features.device))
 
     def _nce_loss(self, features: Tensor, positives: Tensor) -> Tensor:
         """Eq. 4-7 with the positive row and ``m`` uniformly drawn noise rows per feature."""
@@ -219,8 +219,10 @@ class MemoryBankNCE(BaseModule):
     @torch.no_grad()
     def _update_bank(self, features: Tensor, local_indices: Tensor) -> None:
         """``v_i <- normalise(m_bank v_i + (1 - m_bank) f_i)`` for every image of the batch of all ranks."""
-        features, indices = all_gather_rows(features), all_gather_rows(local_indices)  # (G, D), (G,)
+        features = all_gather_rows(features)  # (G, D)
+        indices = all_gather_rows(local_indices, group=host_group())  # (G,) on the host
         unique_indices, first = first_occurrences(indices)  # (U,), (U,)
         old_rows = self.bank.gather(unique_indices, features.device)  # (U, D)
-        new_rows = self.bank_momentum * old_rows + (1 - self.bank_momentum) * features[first]  # (U, D)
+        new_rows = (self.bank_momentum * old_rows
+                    + (1 - self.bank_momentum) * features[to_device(first, features.device)])  # (U, D)
         self.bank.write(unique_indices, weight=F.normalize(new_rows, dim=1))

@@ -143,7 +143,8 @@ class InstanceClassification(BaseSelfSupervisor):
         if self.num_large_views is not None:
             return self.multi_crop_loss(views, data_samples)
         images = torch.cat(views)  # (V * B, C, H, W)
-        labels = self.instance_labels(data_samples, images.device).repeat(len(views))  # (V * B,)
+        # on the host, where the head decides each step's rows (no value is read back from the GPU)
+        labels = self.instance_labels(data_samples, torch.device('cpu')).repeat(len(views))  # (V * B,)
         return self.head.loss(self.project(images), labels)  # (V * B, D), (V * B,)
 
     def multi_crop_loss(self, views: List[Tensor], data_samples: List[DataSample]) -> Dict[str, Tensor]:
@@ -163,7 +164,7 @@ class InstanceClassification(BaseSelfSupervisor):
             raise ValueError(f'got {len(views)} views per image for num_large_views={self.num_large_views}: the '
                              "train pipeline's MultiView must give the large crops first, e.g. num_views=[1, 3].")
         large, small = views[:self.num_large_views], views[self.num_large_views:]
-        labels = self.instance_labels(data_samples, views[0].device)  # (B,)
+        labels = self.instance_labels(data_samples, torch.device('cpu'))  # (B,) on the host, as in loss
         large_feats = self.project_views(large)  # (V_l * B, D)
         if not small:
             return self.head.loss(large_feats, labels.repeat(len(large)))

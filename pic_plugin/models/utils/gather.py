@@ -7,15 +7,18 @@
   checkpoint of a sharded table).
 
 All three are the identity (or a copy) without a process group, and each sends its tensors through the
-backend's device (``mmengine.dist.get_comm_device``: the GPU under NCCL, the CPU under gloo), whatever device
-the rows live on.
+backend's device of its group (``mmengine.dist.get_comm_device``: the GPU under NCCL, the CPU under gloo),
+whatever device the rows live on. The heads choose each step's rows on the host (instance indices, their range
+check, the recent-negative queue): those travel through :func:`host_group`, so that reading them back never
+waits for the GPU.
 """
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 from mmengine.dist import get_comm_device
 from torch import Tensor
+from torch.distributed import ProcessGroup
 
 # rows of one message of gather_rows_to_rank0: bounds the memory a checkpoint gather adds on either side
 CHUNK_BYTES = 64 * 2**20
@@ -26,38 +29,59 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_sizes(local: Tensor) -> List[int]:
-    """Rows of ``local`` on every rank, in rank order (one host synchronisation)."""
-    size = torch.tensor([local.shape[0]], device=get_comm_device())
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
+_HOST_GROUPS: Dict[ProcessGroup, ProcessGroup] = {}
+
+
+def host_group() -> Optional[ProcessGroup]:
+    """The group of all ranks whose collectives take host tensors: the default group under gloo (None), else a
+    gloo group over the same ranks, made once (a collective: every rank's first call must come at the same point).
+
+    Under NCCL a collective of host values would go through the GPU and back, and reading the result would wait
+    for every kernel queued before it, the backbone's forward and backward among them.
+    """
+    if not is_distributed() or dist.get_backend() == 'gloo':
+        return None
+    world = dist.group.WORLD  # a new default group (a new run in this process) gets its own
+    if world not in _HOST_GROUPS:
+        _HOST_GROUPS[world] = dist.new_group(backend='gloo')
+    return _HOST_GROUPS[world]
+
+
+def all_sizes(local: Tensor, group: Optional[ProcessGroup] = None) -> List[int]:
+    """Rows of ``local`` on every rank of ``group``, in rank order (read back on the host)."""
+    size = torch.tensor([local.shape[0]], device=get_comm_device(group))
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, size, group=group)
     return torch.cat(sizes).tolist()
 
 
-def _all_gather_padded(local: Tensor, sizes: List[int]) -> Tensor:
-    device = get_comm_device()
+def _all_gather_padded(local: Tensor, sizes: List[int], group: Optional[ProcessGroup] = None) -> Tensor:
+    device = get_comm_device(group)
     padded = local.new_zeros((max(sizes), ) + local.shape[1:], device=device)
     padded[:local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
+    dist.all_gather(parts, padded, group=group)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(local.device)
 
 
-def all_gather_rows(local: Tensor) -> Tensor:
+def all_gather_rows(local: Tensor, group: Optional[ProcessGroup] = None,
+                    sizes: Optional[List[int]] = None) -> Tensor:
     """Concatenate every rank's ``local`` along dim 0 in rank order; ranks may hold different numbers of rows.
 
     No autograd: for indices, or features that need no gradient. ``local`` itself without a process group.
+    ``group`` (e.g. :func:`host_group` for host tensors) defaults to the default group; ``sizes``, every rank's
+    row count when already known, saves their exchange.
     """
     if not is_distributed():
         return local
-    return _all_gather_padded(local, _all_sizes(local))
+    return _all_gather_padded(local, sizes or all_sizes(local, group), group)
 
 
 class _AllGatherRowsWithGrad(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, local: Tensor) -> Tensor:  # (B_r, ...) -> (B, ...)
-        sizes = _all_sizes(local)
+    def forward(ctx, local: Tensor, sizes: Optional[List[int]]) -> Tensor:  # (B_r, ...) -> (B, ...)
+        sizes = sizes or all_sizes(local)
         ctx.sizes, ctx.rank = sizes, dist.get_rank()
         return _all_gather_padded(local, sizes)
 
@@ -68,16 +92,17 @@ class _AllGatherRowsWithGrad(torch.autograd.Function):
         start = sum(ctx.sizes[:ctx.rank])
         # x world size: DistributedDataParallel averages the backbone's gradients over ranks, so each rank's
         # rows carry the gradient of its local mean loss, exactly as in plain data parallelism.
-        return summed[start:start + ctx.sizes[ctx.rank]].to(grad.device) * len(ctx.sizes)
+        return summed[start:start + ctx.sizes[ctx.rank]].to(grad.device) * len(ctx.sizes), None
 
 
-def all_gather_rows_with_grad(local: Tensor) -> Tensor:
+def all_gather_rows_with_grad(local: Tensor, sizes: Optional[List[int]] = None) -> Tensor:
     """:func:`all_gather_rows` for a float tensor, differentiable: ``(B_r, ...) -> (B, ...)``.
 
     Backward all-reduces the gradient of the gathered rows and returns this rank's part times the world size
-    (see the backward's comment). The identity without a process group.
+    (see the backward's comment). The identity without a process group. ``sizes``, every rank's row count when
+    known on the host (the heads know it from the instance indices), saves reading it back from the device.
     """
-    return _AllGatherRowsWithGrad.apply(local) if is_distributed() else local
+    return _AllGatherRowsWithGrad.apply(local, sizes) if is_distributed() else local
 
 
 def gather_rows_to_rank0(local: Tensor, sizes: List[int],

@@ -24,7 +24,7 @@ import torch
 from mmengine.dist import all_reduce, get_world_size
 from torch import Tensor
 
-from .row_storage import RowStorage, power_of_two_at_least
+from .row_storage import RowStorage, power_of_two_at_least, to_device
 
 
 class TransitionProducts:
@@ -147,7 +147,7 @@ class HandedOut(NamedTuple):
     """The rows of one training step, between :meth:`LazySGDRows.rows_for_step` and :meth:`LazySGDRows.step`.
 
     Attributes:
-        local_indices (Tensor): ``(R,)`` row positions inside this rank's shard.
+        local_indices (Tensor): ``(R,)`` row positions inside this rank's shard, on the host.
         weight (Tensor): ``(R, D)`` leaf tensor on the compute device that requires grad; after ``backward``
             its ``.grad`` is the loss gradient of these rows.
         momentum (Tensor): ``(R, D)`` SGD momentum of these rows, brought to the current step.
@@ -196,8 +196,10 @@ class LazySGDRows(RowStorage):
                  placement: str = 'device',
                  sharded: bool = False,
                  dtype: torch.dtype = torch.float32) -> None:
+        # last_step stays on the host, which decides from it what each step must bring forward
         super().__init__(num_rows, dim, init='normal', init_std=init_std, placement=placement, sharded=sharded,
-                         dtype=dtype, columns=dict(momentum=((dim, ), dtype), last_step=((), torch.int64)))
+                         dtype=dtype, columns=dict(momentum=((dim, ), dtype), last_step=((), torch.int64)),
+                         host_columns=('last_step', ))
         self.transitions = TransitionProducts()
         self.handed_out: Optional[HandedOut] = None
 
@@ -210,7 +212,8 @@ class LazySGDRows(RowStorage):
         """Gather rows to ``device``, bring them to the current step, and hand them out until :meth:`step`.
 
         Args:
-            local_indices (Tensor): ``(R,)`` distinct row positions in this rank's shard.
+            local_indices (Tensor): ``(R,)`` distinct row positions in this rank's shard, on the host (where the
+                rows' last steps are read: a GPU tensor would be read back).
             device (torch.device): Where the loss is computed.
 
         Returns:
@@ -225,9 +228,10 @@ class LazySGDRows(RowStorage):
                 "config's optim_wrapper must train them (type='OptimWrapper' with "
                 "constructor='LazyCorrectedSGDConstructor', or type='LazyCorrectedSGD'); in plain PyTorch, call "
                 'rows.step(...) or LazyCorrectedSGD.update_params after each loss.')
+        local_indices = local_indices.cpu()
         weight, momentum = self.bring_forward(self.gather(local_indices, device),
                                               self.gather(local_indices, device, 'momentum'),
-                                              self.gather(local_indices, device, 'last_step'))
+                                              self.last_step.index_select(0, local_indices))
         weight.requires_grad_(True)
         self.handed_out = HandedOut(local_indices, weight, momentum)
         return weight
@@ -236,25 +240,26 @@ class LazySGDRows(RowStorage):
         """Bring rows to the current step as if every step they skipped had updated them (PIC Eq. 3).
 
         A row with ``last_step = s`` holds its state after step ``s - 1``; at step ``t`` it becomes
-        ``A_{t-1} ... A_s [w; u]``. The products are computed in float64 and applied in the rows' dtype.
+        ``A_{t-1} ... A_s [w; u]``. The host picks the stale rows and multiplies their transitions (in float64);
+        the device applies them in the rows' dtype, without reading anything back.
 
         Args:
             weight (Tensor): ``(R, D)`` rows, a gathered copy: updated in place.
             momentum (Tensor): ``(R, D)`` their SGD momentum, a gathered copy: updated in place.
-            last_step (Tensor): ``(R,)`` step each row was last written for.
+            last_step (Tensor): ``(R,)`` step each row was last written for, on the host.
 
         Returns:
             tuple[Tensor, Tensor]: ``(R, D)`` weight and momentum at the current step.
         """
         # only rows that missed steps change: with recent negatives nearly all of a step's rows were updated by the
         # step before (the FIFO moves by one batch a step), so this is about B rows, not K + B
-        stale = (last_step != self.num_steps).nonzero().squeeze(1)  # (S,)
+        stale = (last_step != self.num_steps).nonzero().squeeze(1)  # (S,) on the host
         if stale.numel() == 0:
             return weight, momentum
-        starts, row_to_start = torch.unique(last_step[stale], return_inverse=True)  # (U,), (S,)
         # products in float64 (long runs), applied in the rows' dtype: a float32 row is no more exact than that
-        products = self.transitions.products(starts, self.num_steps).to(weight.device, weight.dtype)  # (U, 2, 2)
-        per_row = products[row_to_start]  # (S, 2, 2)
+        per_row = to_device(self.transitions.products(last_step[stale], self.num_steps).to(weight.dtype),
+                            weight.device)  # (S, 2, 2)
+        stale = to_device(stale, weight.device)
         old_weight, old_momentum = weight[stale], momentum[stale]  # (S, D)
         new_weight = torch.addcmul(per_row[:, 0, 0, None] * old_weight, per_row[:, 0, 1, None], old_momentum)
         new_momentum = torch.addcmul(per_row[:, 1, 0, None] * old_weight, per_row[:, 1, 1, None], old_momentum)
@@ -308,10 +313,10 @@ class LazySGDRows(RowStorage):
         """
         device = self.weight.device
         for first in range(0, self.num_local_rows, chunk_size):
-            local_indices = torch.arange(first, min(first + chunk_size, self.num_local_rows), device=device)
+            local_indices = torch.arange(first, min(first + chunk_size, self.num_local_rows))
             weight, momentum = self.bring_forward(self.gather(local_indices, device),
                                                   self.gather(local_indices, device, 'momentum'),
-                                                  self.gather(local_indices, device, 'last_step'))
+                                                  self.last_step.index_select(0, local_indices))
             self.write(local_indices, weight=weight, momentum=momentum,
                        last_step=torch.full_like(local_indices, self.num_steps))
 

@@ -1,10 +1,13 @@
-"""Which classifier rows a step scores against: all of them, or the recent positives (PIC Sec. 2.3)."""
-from typing import Tuple
+"""Which classifier rows a step scores against: all of them, or the recent positives (PIC Sec. 2.3).
+
+Both choose on the host, from host instance indices, and return host tensors: no choice waits for the GPU.
+"""
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .gather import all_gather_rows
+from .gather import all_gather_rows, host_group
 from .row_storage import RowStorage
 
 
@@ -17,8 +20,8 @@ class AllNegatives(nn.Module):
     def forward(self, sample_idx: Tensor, rows: RowStorage) -> Tuple[Tensor, Tensor]:
         """``(C_r,)`` local classes of this step and each sample's column among them, ``(B,)`` (outside
         ``[0, C_r)`` where the sample's row lives on another rank)."""
-        classes = torch.arange(rows.num_local_rows, device=sample_idx.device)  # (C_r,)
-        return classes, sample_idx - rows.row_offset
+        classes = torch.arange(rows.num_local_rows)  # (C_r,)
+        return classes, sample_idx.cpu() - rows.row_offset
 
 
 class RecentNegatives(nn.Module):
@@ -26,8 +29,10 @@ class RecentNegatives(nn.Module):
     sampling"), kept in a FIFO of instance indices.
 
     Every rank sees the same classes (the batch indices are gathered over ranks), so a replicated table and its
-    averaged gradients stay identical everywhere; the gathered batch then enters the FIFO. The FIFO's buffers
-    are in the checkpoint, so a resumed run samples as the uninterrupted one.
+    averaged gradients stay identical everywhere; the gathered batch then enters the FIFO. The FIFO lives in host
+    memory (plain tensors, not buffers: ``model.to`` does not move them and DistributedDataParallel does not
+    broadcast them) and is in the checkpoint under the keys ``recent_indices`` and ``recent_head``, so a resumed
+    run samples as the uninterrupted one.
 
     Args:
         num_negatives (int): ``K``, the number of recent positives kept. PIC uses 65536.
@@ -39,8 +44,8 @@ class RecentNegatives(nn.Module):
             raise ValueError(f'num_negatives={num_negatives} must be positive (PIC uses 65536).')
         self.num_negatives = num_negatives
         # -1 marks an empty slot (the start of training)
-        self.register_buffer('recent_indices', torch.full((num_negatives, ), -1, dtype=torch.long))
-        self.register_buffer('recent_head', torch.zeros((), dtype=torch.long))
+        self.recent_indices = torch.full((num_negatives, ), -1, dtype=torch.long)
+        self.recent_head = torch.zeros((), dtype=torch.long)
 
     def check(self, num_rows: int) -> None:
         """Refuse a table smaller than ``K``."""
@@ -51,7 +56,8 @@ class RecentNegatives(nn.Module):
     @torch.no_grad()
     def forward(self, sample_idx: Tensor, rows: RowStorage) -> Tuple[Tensor, Tensor]:
         """Sorted unique classes ``(C,)``: the global batch's and the FIFO's; and each sample's column ``(B,)``."""
-        global_batch = all_gather_rows(sample_idx)  # (G,)
+        sample_idx = sample_idx.cpu()
+        global_batch = all_gather_rows(sample_idx, group=host_group())  # (G,)
         recent = self.recent_indices[self.recent_indices >= 0]
         classes = torch.unique(torch.cat([global_batch, recent]))  # (C,), sorted
         positions = torch.searchsorted(classes, sample_idx)  # (B,)
@@ -61,6 +67,27 @@ class RecentNegatives(nn.Module):
     def _enqueue(self, indices: Tensor) -> None:
         capacity = self.recent_indices.numel()
         indices = indices[-capacity:]
-        slots = (self.recent_head + torch.arange(indices.numel(), device=indices.device)) % capacity
+        slots = (self.recent_head + torch.arange(indices.numel())) % capacity
         self.recent_indices[slots] = indices
         self.recent_head.copy_((self.recent_head + indices.numel()) % capacity)
+
+    def _state(self) -> Dict[str, Tensor]:
+        return dict(recent_indices=self.recent_indices, recent_head=self.recent_head)
+
+    def _save_to_state_dict(self, destination: Dict[str, Tensor], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, tensor in self._state().items():
+            destination[prefix + name] = tensor.detach()
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        for name, tensor in self._state().items():
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+            elif state_dict[key].shape != tensor.shape:
+                error_msgs.append(f'{key}: the checkpoint holds {tuple(state_dict[key].shape)} but this queue has '
+                                  f'{tuple(tensor.shape)}: set model.head.num_negatives to the checkpoint\'s K.')
+            else:
+                tensor.copy_(state_dict[key])

@@ -11,13 +11,22 @@ around, DistributedDataParallel neither broadcasts nor all-reduces it, and a tab
 there. Only the rows a step needs travel to the compute device. They are saved through the module's
 ``state_dict`` like any other weight, so mmengine's checkpoints hold them; the rows of a sharded table are saved
 by ``ShardedTableHook``, which assembles the whole table for rank 0's checkpoints.
+
+A step's rows are chosen on the host: the instance indices come from the data samples' metainfo, and their
+range check, the recent-negative queue and the rows' last-update steps (a ``host_columns`` column) stay in host
+memory, so no decision of a step reads a value back from the GPU. The indices go to the GPU through pinned
+memory without blocking (:func:`to_device`); a host-placed table's rows travel the same way, gathered into a
+pinned buffer, and come back through one whose scatter into the table waits until the table is next read
+(:meth:`RowStorage.finish_writes`), by then long copied.
 """
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.dist import all_reduce, get_dist_info
 from torch import Tensor, nn
+
+from .gather import host_group
 
 PLACEMENTS = ('device', 'host')
 INITS = ('normal', 'unit')
@@ -49,6 +58,20 @@ def shard_sizes(num_rows: int, world_size: int) -> List[int]:
     ``torch.tensor_split``).
     """
     return [num_rows // world_size + (rank < num_rows % world_size) for rank in range(world_size)]
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device``; from the host to a GPU through pinned memory, without blocking.
+
+    torch's pinned host allocator keeps the pinned copy until the transfer is done, so the caller may drop it.
+    """
+    device = torch.device(device)
+    if tensor.device == device:
+        return tensor
+    if device.type == 'cuda' and tensor.device.type == 'cpu':
+        tensor = tensor if tensor.is_pinned() else tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def first_occurrences(indices: Tensor) -> Tuple[Tensor, Tensor]:
@@ -111,6 +134,8 @@ class RowStorage(nn.Module):
         dtype (torch.dtype): Type of the rows. Defaults to torch.float32.
         columns (dict, optional): More per-row tensors, ``name -> (trailing shape, dtype)``, zero-initialised
             (e.g. the SGD momentum of :class:`LazySGDRows`). Defaults to None.
+        host_columns (Sequence[str]): Columns that stay in host memory whatever the placement, because the host
+            reads them to plan a step (the last-update steps of :class:`LazySGDRows`). Defaults to ().
     """
 
     def __init__(self,
@@ -121,7 +146,8 @@ class RowStorage(nn.Module):
                  placement: str = 'device',
                  sharded: bool = False,
                  dtype: torch.dtype = torch.float32,
-                 columns: Optional[Dict[str, Tuple[Tuple[int, ...], torch.dtype]]] = None) -> None:
+                 columns: Optional[Dict[str, Tuple[Tuple[int, ...], torch.dtype]]] = None,
+                 host_columns: Sequence[str] = ()) -> None:
         super().__init__()
         if not isinstance(num_rows, int) or num_rows <= 0 or dim <= 0:
             raise ValueError(f'the rows need positive num_rows and dim, got num_rows={num_rows!r}, dim={dim}: '
@@ -142,11 +168,14 @@ class RowStorage(nn.Module):
         self.num_local_rows = sizes[shard_rank]
         shapes = {'weight': ((dim, ), dtype), **(columns or {})}
         self.column_names = tuple(shapes)
+        self.host_columns = tuple(host_columns)
+        # writes of host rows copied back from a GPU: (column, host indices, pinned rows, the copy's CUDA event)
+        self._pending_writes: List[Tuple[str, Tensor, Tensor, torch.cuda.Event]] = []
         pin = placement == 'host' and torch.cuda.is_available()
         self._check_host_memory(shapes, pin)
         for name, (trailing, column_dtype) in shapes.items():
             setattr(self, name, torch.zeros((self.num_local_rows, ) + tuple(trailing), dtype=column_dtype,
-                                            pin_memory=pin))
+                                            pin_memory=pin and name not in self.host_columns))
         seed = int(torch.randint(2**62, ()))  # alike on all ranks, as the runner seeds them (diff_rank_seed=False)
         fill_standard_normal_rows(self.weight, self.row_offset, seed)
         if init == 'normal':
@@ -177,7 +206,8 @@ class RowStorage(nn.Module):
         """Refuse to move a table to an accelerator that cannot hold it, saying how much it needs."""
         if device.type != 'cuda':
             return
-        needed = sum(t.numel() * t.element_size() for t in self.columns().values())
+        needed = sum(t.numel() * t.element_size() for name, t in self.columns().items()
+                     if name not in self.host_columns)
         free, _ = torch.cuda.mem_get_info(device)
         if needed > free:
             raise MemoryError(f'the table needs {needed / 2**30:.1f} GiB on {device} but only {free / 2**30:.1f} GiB '
@@ -189,24 +219,32 @@ class RowStorage(nn.Module):
                 f'local_rows=[{self.row_offset}, {self.row_offset + self.num_local_rows})')
 
     def columns(self) -> Dict[str, Tensor]:
-        """This rank's per-row tensors by name, ``'weight'`` first."""
+        """This rank's per-row tensors by name, ``'weight'`` first, with every write done."""
+        self.finish_writes()
         return {name: getattr(self, name) for name in self.column_names}
 
     def place_on(self, device: torch.device) -> None:
-        """With ``placement='device'``, move the rows to ``device`` (the features' device) once."""
+        """With ``placement='device'``, move the rows to ``device`` (the features' device) once; the
+        ``host_columns`` stay."""
         if self.placement == 'device' and self.weight.device != device:
             self._check_device_memory(device)
             for name, tensor in self.columns().items():
-                setattr(self, name, tensor.to(device))
+                if name not in self.host_columns:
+                    setattr(self, name, tensor.to(device))
 
     def check_range(self, global_indices: Tensor) -> None:
         """Raise on every rank if a global row index (a dataset ``sample_idx``) of any rank lies outside
-        ``[0, num_rows)``: a collective, so that no rank is left waiting for the others in the next one."""
+        ``[0, num_rows)``: a collective, so that no rank is left waiting for the others in the next one.
+
+        The check runs on the host (give host indices: a GPU tensor would be read back) and its collective goes
+        through :func:`~pic_plugin.models.utils.gather.host_group`.
+        """
+        global_indices = global_indices.cpu()
         if global_indices.numel():
             bounds = torch.stack([-global_indices.min(), global_indices.max()]).long()  # (2,)
         else:
-            bounds = torch.tensor([0, -1], device=global_indices.device)
-        all_reduce(bounds, op='max')  # the identity without a process group
+            bounds = torch.tensor([0, -1])
+        all_reduce(bounds, op='max', group=host_group())  # the identity without a process group
         low, high = -int(bounds[0]), int(bounds[1])
         if low < 0 or high >= self.num_rows:
             bad = low if low < 0 else high
@@ -215,12 +253,12 @@ class RowStorage(nn.Module):
                              'from the training set.')
 
     def to_local(self, global_indices: Tensor) -> Tensor:
-        """Map global row indices (dataset ``sample_idx``) to positions inside this rank's shard.
+        """Map global row indices (dataset ``sample_idx``) to positions inside this rank's shard, on the host.
 
         Raises:
             ValueError: If an index lies outside ``[0, num_rows)`` or outside this rank's shard.
         """
-        global_indices = global_indices.long()
+        global_indices = global_indices.cpu().long()
         self.check_range(global_indices)
         local = global_indices - self.row_offset
         if local.numel() and (int(local.min()) < 0 or int(local.max()) >= self.num_local_rows):
@@ -229,15 +267,43 @@ class RowStorage(nn.Module):
         return local
 
     def gather(self, local_indices: Tensor, device: torch.device, name: str = 'weight') -> Tensor:
-        """Copy the rows ``local_indices`` of column ``name`` to ``device``: ``(R,) -> (R, ...)``."""
+        """Copy the rows ``local_indices`` of column ``name`` to ``device``: ``(R,) -> (R, ...)``.
+
+        Host rows bound for a GPU are gathered into pinned memory, so their copy does not block.
+        """
+        self.finish_writes()
         column = getattr(self, name)
-        return column.index_select(0, local_indices.to(column.device)).to(device, non_blocking=True)
+        local_indices = to_device(local_indices, column.device)
+        if column.device.type == 'cpu' and torch.device(device).type == 'cuda':
+            staged = torch.empty((local_indices.numel(), ) + column.shape[1:], dtype=column.dtype, pin_memory=True)
+            return torch.index_select(column, 0, local_indices, out=staged).to(device, non_blocking=True)
+        return column.index_select(0, local_indices).to(device)
 
     def write(self, local_indices: Tensor, **values: Tensor) -> None:
-        """Write rows of any columns, e.g. ``write(idx, weight=w)``; the indices must be distinct."""
+        """Write rows of any columns, e.g. ``write(idx, weight=w)``; the indices must be distinct.
+
+        Rows from a GPU into host memory come back through pinned memory without blocking; their scatter into
+        the table waits for :meth:`finish_writes`, which every read of the table calls first.
+        """
+        self.finish_writes()
         for name, rows in values.items():
             column = getattr(self, name)
-            column[local_indices.to(column.device)] = rows.to(column.device, column.dtype)
+            indices = to_device(local_indices, column.device)
+            if column.device.type == 'cpu' and rows.device.type == 'cuda':
+                staged = torch.empty(rows.shape, dtype=column.dtype, pin_memory=True)
+                staged.copy_(rows, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record()
+                self._pending_writes.append((name, indices, staged, copied))
+            else:
+                column.index_copy_(0, indices, rows.to(column.device, column.dtype))
+
+    def finish_writes(self) -> None:
+        """Scatter into the host table the rows whose copy back from a GPU :meth:`write` started."""
+        pending, self._pending_writes = self._pending_writes, []
+        for name, indices, staged, copied in pending:
+            copied.synchronize()
+            getattr(self, name).index_copy_(0, indices, staged)
 
     def assign(self, local_indices: Tensor, weight: Tensor) -> None:
         """Give rows new values from outside their update rule (the contrastive prior): here, a plain write."""
@@ -254,7 +320,7 @@ class RowStorage(nn.Module):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.world_size > 1:
             return
-        for name, tensor in self.columns().items():
+        for name, tensor in self.columns().items():  # with every write done
             destination[prefix + name] = tensor.detach()
 
     def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, local_metadata: dict,
@@ -264,7 +330,7 @@ class RowStorage(nn.Module):
         if strict:
             known = {prefix + name for name in self.state_keys()}
             unexpected_keys.extend(key for key in state_dict if key.startswith(prefix) and key not in known)
-        for name, tensor in self.columns().items():
+        for name, tensor in self.columns().items():  # pending writes first, so they cannot land on loaded rows
             key = prefix + name
             if key not in state_dict:
                 missing_keys.append(key)
