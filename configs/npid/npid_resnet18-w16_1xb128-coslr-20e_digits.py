@@ -8,9 +8,10 @@ model = dict(
     # feature; NPID Sec. 3.4's protocol is --cfg-options model.knn_feature=projection
     knn_feature='backbone',
     # One Linear layer as NPID (Sec. 4.1), followed by BatchNorm (mmpretrain's LinearNeck default), which NPID's
-    # release does not have. Measured here without it: the random network's projections are nearly collinear
-    # (mean cosine 0.85 within a batch), the bank collapses onto one direction in a few epochs, the loss sits at
-    # log N and the kNN top-1 ends below the random network's (46.5% -> 45.8%). BatchNorm centres the batch.
+    # release does not have. Without it the random network's projections are nearly collinear (mean cosine 0.85
+    # within a batch) and the bank collapses onto one direction in a few epochs; over 3 seeds (README, "Learning
+    # quality") the kNN top-1 after 8 epochs is 50.06 +- 1.91 without it against 86.64 +- 2.44 with it. BatchNorm
+    # centres the batch.
     neck=dict(
         _delete_=True, type='LinearNeck', in_channels=128, out_channels=128, gap_dim=2, norm_cfg=dict(type='BN1d')),
     # 1,500 images are few enough for the exact non-parametric softmax (NPID Eq. 2), tau = 0.07, bank momentum

@@ -12,7 +12,9 @@ model = dict(
     # "Learning quality"), zero-init costs PIC, NPID and the full classifier kNN top-1 on these digits
     backbone=dict(_delete_=True, type='ResNet_CIFAR', depth=18, stem_channels=16, base_channels=16,
                   zero_init_residual=False),
-    # the 2-layer MLP projection head at this width, with plain (single-process) BatchNorm
+    # the 2-layer MLP projection head (PIC Sec. 2.1) with plain (single-process) BatchNorm between its layers, 512
+    # wide: measured over 3 seeds (README, "Learning quality"), 512 is ahead of 128 and 2048 for PIC (and level with
+    # 128 for the full classifier), and BatchNorm ahead of LayerNorm and of a second BatchNorm after the last layer
     neck=dict(in_channels=128, hid_channels=512, norm_cfg=dict(type='BN1d')),
     # the cosine soft-max over all 1,500 rows in every step (the head's defaults: no sampling, rows N(0, 0.01^2))
     head=dict(_delete_=True, type='InstanceClsHead', num_classes=1500, in_channels=128, temperature=0.2),

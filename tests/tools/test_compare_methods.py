@@ -90,14 +90,17 @@ def test_runs_with_their_own_epochs_give_a_table_a_json_and_a_plot(comparison):
     assert any(run['top1']['0'] != run['top1']['1'] for run in results['runs']), results
 
     rows = table_rows(comparison.table)
-    assert rows[0] == ['run', 'seeds', 'epochs', 'train s', 'epoch 2', 'epoch 3', 'epoch 4', 'final']
+    assert rows[0] == ['run', 'seeds', 'epochs', 'train s', 'epoch 2', 'epoch 3', 'epoch 4', 'final', 'final range',
+                       'vs first']
     assert [row[0] for row in rows[2:]] == ['pic', 'no-zero-init']
     for row, run, evaluated in zip(rows[2:], results['runs'], (['2', '3', None], ['2', None, '4'])):
         cells = [f'{run["summary"][epoch]["mean"]:.2f} ± {run["summary"][epoch]["std"]:.2f}' if epoch else '—'
                  for epoch in evaluated]
         final = run['summary'][str(run['epochs'])]
-        assert row[1:] == ['2', str(run['epochs']), f'{run["train_seconds_summary"]["mean"]:.0f}', *cells,
-                           f'{final["mean"]:.2f} ± {final["std"]:.2f}']
+        finals = [run['top1'][seed][str(run['epochs'])] for seed in ('0', '1')]
+        assert (final['low'], final['high']) == (min(finals), max(finals))
+        assert row[1:-1] == ['2', str(run['epochs']), f'{run["train_seconds_summary"]["mean"]:.0f}', *cells,
+                             f'{final["mean"]:.2f} ± {final["std"]:.2f}', f'{min(finals):.2f}–{max(finals):.2f}']
         assert float(row[3]) > 0
     assert 'epochs pic 3, no-zero-init 4' in comparison.table.splitlines()[0]
     assert '| pic ' in out  # the table is printed too
@@ -148,7 +151,8 @@ def test_a_run_without_its_own_epochs_trains_the_command_it_trained_before(tmp_p
 
 def test_the_table_has_every_evaluated_epoch_the_final_top1_the_epochs_and_the_seconds():
     def top1(epochs, offset):
-        return {epoch: dict(mean=offset + epoch, std=0.5, seeds=3) for epoch in epochs}
+        return {epoch: dict(mean=offset + epoch, std=0.5, low=offset + epoch - 1, high=offset + epoch + 0.5, seeds=3)
+                for epoch in epochs}
 
     summaries = {'single-crop': RunSummary(6, top1([2, 4, 6], 50), dict(mean=61.4, std=3.0, seeds=3)),
                  'multi-crop': RunSummary(3, top1([2, 3], 60), None)}
@@ -157,11 +161,15 @@ def test_the_table_has_every_evaluated_epoch_the_final_top1_the_epochs_and_the_s
     assert caption.startswith('Weighted-kNN top-1 (%) of the held-out images, mean ± sample std over seeds 0, 1, 2; '
                               'epochs single-crop 6, multi-crop 3; final: ') and blank == ''
     assert len({len(line) for line in lines}) == 1  # aligned
+    # vs first: (63 - 56) / sqrt(0.5^2 / 3 + 0.5^2 / 3) = 17.1 standard errors
     assert table_rows(table) == [
-        ['run', 'seeds', 'epochs', 'train s', 'epoch 2', 'epoch 3', 'epoch 4', 'epoch 6', 'final'],
-        ['-----------', '----:', '-----:', '------:', *['-----------:'] * 5],
-        ['single-crop', '3', '6', '61', '52.00 ± 0.50', '—', '54.00 ± 0.50', '56.00 ± 0.50', '56.00 ± 0.50'],
-        ['multi-crop', '3', '3', '—', '62.00 ± 0.50', '63.00 ± 0.50', '—', '—', '63.00 ± 0.50']]
+        ['run', 'seeds', 'epochs', 'train s', 'epoch 2', 'epoch 3', 'epoch 4', 'epoch 6', 'final', 'final range',
+         'vs first'],
+        ['-----------', '----:', '-----:', '------:', *['-----------:'] * 5, '----------:', '---------------:'],
+        ['single-crop', '3', '6', '61', '52.00 ± 0.50', '—', '54.00 ± 0.50', '56.00 ± 0.50', '56.00 ± 0.50',
+         '55.00–56.50', '—'],
+        ['multi-crop', '3', '3', '—', '62.00 ± 0.50', '63.00 ± 0.50', '—', '—', '63.00 ± 0.50', '62.00–63.50',
+         '+7.00 (+17.1 SE)']]
     same_budget = markdown_table({'a': summaries['multi-crop'], 'b': summaries['multi-crop']}, [0, 1, 2])
     assert '; 3 epochs per run; ' in same_budget.splitlines()[0]
 

@@ -51,9 +51,12 @@ The kNN top-1 of every validation is read from ``WORK_DIR/TIMESTAMP/vis_data/sca
 ``WORK_DIR/train_seconds.json``. The tool prints and writes ``OUT_DIR/table.md`` (rows: runs; columns: the
 seeds, the run's epochs, ``train s`` = the mean training wall time over the seeds, the top-1 after every epoch
 that some run evaluates, ``—`` where a run does not, and ``final`` = the top-1 after the run's last epoch; cells:
-mean ± sample std over the seeds), ``OUT_DIR/results.json`` (every value of every seed, the means and stds) and
-``OUT_DIR/knn_top1.png`` (top-1 against epoch, one line per run with a ± std band). A reused run trained before
-the wall time was recorded has no ``train_seconds.json``: its ``train s`` is ``—`` (``null`` in the JSON).
+mean ± sample std over the seeds; ``final range``: the lowest and the highest seed's final top-1, how far one
+run may land from the mean; ``vs first``: the final mean minus the first run's, and that difference over its
+standard error, to tell a default's rival from noise), ``OUT_DIR/results.json`` (every value of every seed,
+the means and stds) and ``OUT_DIR/knn_top1.png`` (top-1 against epoch, one line per run with a ± std band). A
+reused run trained before the wall time was recorded has no ``train_seconds.json``: its ``train s`` is ``—``
+(``null`` in the JSON).
 
 The budget is epochs, not wall clock: every config's schedule is defined in epochs, and stopping a run at a time
 would cut its schedule short. An equal wall-clock comparison gives the cheaper run more epochs: train every run
@@ -399,8 +402,9 @@ def run_all(args: argparse.Namespace) -> Dict[str, Dict[int, SeedResult]]:
 
 
 def statistic(values: Sequence[float]) -> Dict[str, float]:
-    """``{'mean', 'std', 'seeds'}`` of the values of the seeds (the sample std)."""
-    return dict(mean=statistics.mean(values), std=statistics.stdev(values), seeds=len(values))
+    """``{'mean', 'std', 'low', 'high', 'seeds'}`` of the values of the seeds (the sample std, the extremes)."""
+    return dict(mean=statistics.mean(values), std=statistics.stdev(values), low=min(values), high=max(values),
+                seeds=len(values))
 
 
 def summarise(per_seed: Dict[int, SeedResult]) -> RunSummary:
@@ -425,18 +429,31 @@ def top1_cell(value: Optional[Dict[str, float]]) -> str:
     return NO_VALUE if value is None else f'{value["mean"]:.2f} ± {value["std"]:.2f}'
 
 
+def difference_cell(final: Dict[str, float], first: Dict[str, float]) -> str:
+    """A final top-1's difference to the first run's, and that difference in standard errors of the difference
+    of two means, ``sqrt(s_1^2 / n_1 + s_2^2 / n_2)``: e.g. ``+1.01 (+1.0 SE)``."""
+    difference = final['mean'] - first['mean']
+    error = math.sqrt(final['std']**2 / final['seeds'] + first['std']**2 / first['seeds'])
+    return f'{difference:+.2f}' + (f' ({difference / error:+.1f} SE)' if error > 0 else '')
+
+
 def markdown_table(summaries: Dict[str, RunSummary], seeds: Sequence[int]) -> str:
     """The comparison as a Markdown table with a caption line.
 
     Rows: the runs; columns: the seeds, the run's epochs, its mean training wall time (``train s``), the top-1
     (``mean ± std``) after every epoch that some run evaluates (``—`` where this one does not) and after its last
-    epoch (``final``).
+    epoch (``final``), the lowest to the highest seed's final top-1 (``final range``) and the final mean's
+    difference to the first run's (``vs first``, see :func:`difference_cell`).
     """
     epochs = sorted(set().union(*(summary.top1 for summary in summaries.values())))
-    header = ['run', 'seeds', 'epochs', 'train s', *(f'epoch {epoch}' for epoch in epochs), 'final']
+    header = ['run', 'seeds', 'epochs', 'train s', *(f'epoch {epoch}' for epoch in epochs), 'final', 'final range',
+              'vs first']
+    first = next(iter(summaries.values()))
     rows = [[name, str(summary.top1[summary.epochs]['seeds']), str(summary.epochs),
              NO_VALUE if summary.train_seconds is None else f'{summary.train_seconds["mean"]:.0f}',
-             *(top1_cell(summary.top1.get(epoch)) for epoch in epochs), top1_cell(summary.top1[summary.epochs])]
+             *(top1_cell(summary.top1.get(epoch)) for epoch in epochs), top1_cell(summary.top1[summary.epochs]),
+             f'{summary.top1[summary.epochs]["low"]:.2f}–{summary.top1[summary.epochs]["high"]:.2f}',
+             NO_VALUE if summary is first else difference_cell(summary.top1[summary.epochs], first.top1[first.epochs])]
             for name, summary in summaries.items()]
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     rule = ['-' * widths[0], *('-' * (width - 1) + ':' for width in widths[1:])]
@@ -444,8 +461,9 @@ def markdown_table(summaries: Dict[str, RunSummary], seeds: Sequence[int]) -> st
     budget = (f'{budgets.pop()} epochs per run' if len(budgets) == 1 else
               'epochs ' + ', '.join(f'{name} {summary.epochs}' for name, summary in summaries.items()))
     caption = (f'Weighted-kNN top-1 (%) of the held-out images, mean ± sample std over seeds '
-               f'{", ".join(map(str, seeds))}; {budget}; final: after the run\'s last epoch; train s: mean wall '
-               f'time of a training in seconds ({NO_VALUE}: not recorded).')
+               f'{", ".join(map(str, seeds))}; {budget}; final: after the run\'s last epoch; final range: its lowest '
+               f'and highest seed; vs first: the final mean minus the first run\'s, in standard errors of that '
+               f'difference; train s: mean wall time of a training in seconds ({NO_VALUE}: not recorded).')
     return '\n'.join([caption, '', *(table_line(cells, widths) for cells in [header, rule, *rows])]) + '\n'
 
 
@@ -476,7 +494,7 @@ def write_outputs(results: Dict[str, Dict[int, SeedResult]], summaries: Dict[str
     """Write ``table.md``, ``results.json`` (every seed's values, the summaries) and ``knn_top1.png``; their paths.
 
     Every run of ``results.json`` holds its ``epochs``, ``top1`` (``{seed: {epoch: top-1}}``), ``train_seconds``
-    (``{seed: seconds}``, ``null`` where not recorded), ``summary`` (``{epoch: {mean, std, seeds}}``) and
+    (``{seed: seconds}``, ``null`` where not recorded), ``summary`` (``{epoch: {mean, std, low, high, seeds}}``) and
     ``train_seconds_summary`` (``{mean, std, seeds}``, ``null`` unless every seed recorded its time).
     """
     os.makedirs(args.out_dir, exist_ok=True)

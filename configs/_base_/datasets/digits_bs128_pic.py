@@ -5,6 +5,9 @@ _base_ = ['./weighted_knn_bs256.py']
 dataset_type = 'CustomDataset'
 data_root = 'data/digits/'
 
+# Measured over 3 seeds (README, "Learning quality"): the crop scale 0.3-1 beats ImageNet's 0.08-1 on 32 px digits,
+# brightness / contrast jitter 0.4 beats none and 0.8 for PIC and NPID, and the ImageNet pipeline's Gaussian blur
+# (configs/pic/ablations/pic_resnet18-w16_1xb128-blur-coslr-20e_digits.py) is within noise, so there is none.
 view_pipeline = [
     dict(type='RandomResizedCrop', scale=32, crop_ratio_range=(0.3, 1.0), backend='pillow'),
     dict(
