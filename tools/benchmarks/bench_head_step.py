@@ -292,7 +292,8 @@ def bare_operations(bench: HeadStep) -> Dict[str, Callable[[], None]]:
 
     * ``matrix products``: the logits ``(B, D) x (D, C)`` and their two gradients, ``(C, B) x (B, D)`` and
       ``(B, C) x (C, D)`` (PIC Eq. 1): the step's floating-point bound;
-    * ``bare gather``: ``index_select`` of the step's ``C`` rows of the weight, momentum and last step;
+    * ``bare gather``: ``index_select`` of the step's ``C`` rows of the weight and momentum (what ``rows.gather``
+      moves; the last steps are a host column, read on the host beside it);
     * ``bare write``: ``index_copy_`` of those rows back (their own values, so the table does not change).
     """
     rows, device = bench.head.rows, bench.device
@@ -309,7 +310,8 @@ def bare_operations(bench: HeadStep) -> Dict[str, Callable[[], None]]:
 
     def gather() -> None:
         for name, column in rows.columns().items():
-            column.index_select(0, on_device[name])
+            if name not in rows.host_columns:
+                column.index_select(0, on_device[name])
 
     def write() -> None:
         for name, column in rows.columns().items():
