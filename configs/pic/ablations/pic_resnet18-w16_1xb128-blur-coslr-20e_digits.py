@@ -2,10 +2,4 @@
 # added to each view. Compared over 3 seeds (README, "Learning quality"), it is 1.0 points above the digits config,
 # one standard error of the difference: within noise, so the digits config keeps no blur. This config repeats it.
 _base_ = ['../pic_resnet18-w16_1xb128-coslr-20e_digits.py']
-view_pipeline = _base_.view_pipeline + [
-    dict(type='GaussianBlur', magnitude_range=(0.1, 2.0), magnitude_std='inf', prob=0.5)]
-train_dataloader = dict(dataset=dict(pipeline=[
-    dict(type='LoadImageFromFile'),
-    dict(type='SeededByVisit', transforms=[dict(type='MultiView', num_views=1, transforms=[view_pipeline])]),
-    dict(type='PackInputs'),
-]))
+train_dataloader = dict(dataset=dict(pipeline=_base_.blur_train_pipeline))
