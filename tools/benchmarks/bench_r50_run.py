@@ -5,7 +5,9 @@
 
 Every variant trains ``configs/pic_r50.py`` (PIC's recipe: ResNet-50, the 2-layer MLP neck, augmentation of
 SimCLR strength at 224 px, ``K`` = 65,536 recent negatives, ``LazyCorrectedSGD``) with the paper's table of
-``N`` = 1,281,167 rows, on one process, for ``--iters`` iterations of batch ``--batch-size``:
+``N`` = 1,281,167 rows, on one process, for ``--iters`` iterations of batch ``--batch-size`` (the recipe loaded
+with mmengine's ``Config.fromfile``, changed for the run and written by ``Config.dump`` to
+``WORK_DIR/pic_r50_short.py``):
 
 * ``device-fp32`` / ``host-fp32``: the table on the GPU, or in pinned host memory (``model.head.placement``);
 * ``device-amp`` / ``host-amp``: the same under ``--amp`` (float16 autocast and dynamic loss scaling through
@@ -32,6 +34,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
+from mmengine.config import Config
 from PIL import Image
 
 from benchmark_utils import median, print_header, print_table, spread
@@ -40,23 +43,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRECISIONS = {'fp32': [], 'amp': ['--amp'], 'bf16': ['--cfg-options', 'optim_wrapper.dtype=bfloat16']}
 PLACEMENTS = ('device', 'host')
 IMAGENET_INSTANCES = 1_281_167
-
-CONFIG = '''# written by tools/benchmarks/bench_r50_run.py
-_base_ = [{base!r}]
-model = dict(head=dict(num_classes={num_instances}, num_negatives={num_negatives}))
-train_dataloader = dict(
-    batch_size={batch_size},
-    num_workers={num_workers},
-    persistent_workers={persistent},
-    sampler=dict(_delete_=True, type='KeyedDefaultSampler', shuffle=True),
-    dataset=dict(_delete_=True, type='UnlabelledImageFolder', data_root={data_root!r},
-                 indices={images}, pipeline=_base_.train_pipeline))
-# N rows over a few images: no InstanceCountCheckHook (it sizes the table to the images), no checkpoint
-custom_hooks = [dict(type='NaNGuardHook')]
-default_hooks = dict(checkpoint=None, logger=dict(interval=1))
-log_processor = dict(window_size=1)
-train_cfg = dict(max_epochs={max_epochs})
-'''
 
 
 def write_images(folder: Path, count: int, seed: int) -> None:
@@ -68,6 +54,27 @@ def write_images(folder: Path, count: int, seed: int) -> None:
     for index in range(count):
         pixels = generator.integers(0, 256, (256, 256, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f'{index:06d}.jpg', quality=90)
+
+
+def short_config(args: argparse.Namespace, data_root: Path, max_epochs: int) -> Config:
+    """``configs/pic_r50.py`` for this run: the table's ``N`` and ``K``, the loader, the images, the hooks, the logging
+    of every iteration and the epochs; the rest as the recipe sets it."""
+    # the plugin's modules are imported by tools/train.py, which builds the run; here the config is only edited
+    cfg = Config.fromfile(REPO_ROOT / 'configs' / 'pic_r50.py', import_custom_modules=False)
+    cfg.model.head.update(num_classes=args.num_instances, num_negatives=args.num_negatives)
+    loader = cfg.train_dataloader
+    loader.update(batch_size=args.batch_size, num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
+    # assigned whole, not updated: ConfigDict.update merges into a dict, which would keep the recipe's keys
+    loader.sampler = dict(type='KeyedDefaultSampler', shuffle=True)
+    loader.dataset = dict(type='UnlabelledImageFolder', data_root=str(data_root), indices=args.images,
+                          pipeline=cfg.train_pipeline)
+    # N rows over a few images: no InstanceCountCheckHook (it sizes the table to the images), no checkpoint
+    cfg.custom_hooks = [dict(type='NaNGuardHook')]
+    cfg.default_hooks.checkpoint = None
+    cfg.default_hooks.logger.interval = 1
+    cfg.log_processor = dict(window_size=1)
+    cfg.train_cfg.max_epochs = max_epochs
+    return cfg
 
 
 def read_scalars(work_dir: Path) -> List[dict]:
@@ -147,16 +154,13 @@ def main() -> None:
     print_header('PIC, ResNet-50 at 224 px, through tools/train.py: images/s and peak memory',
                  torch.device(args.device))
     work_dir = Path(args.work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)  # the config goes there, also beside a --data-root
     data_root = Path(args.data_root).resolve() if args.data_root else work_dir / 'images'
     if args.data_root is None:
         write_images(data_root, args.images, args.seed)
     iters_per_epoch = args.images // args.batch_size
     config = work_dir / 'pic_r50_short.py'
-    config.write_text(CONFIG.format(
-        base=str(REPO_ROOT / 'configs' / 'pic_r50.py'), num_instances=args.num_instances,
-        num_negatives=args.num_negatives, batch_size=args.batch_size, num_workers=args.num_workers,
-        persistent=args.num_workers > 0, data_root=str(data_root), images=args.images,
-        max_epochs=-(-args.iters // iters_per_epoch)))
+    short_config(args, data_root, max_epochs=-(-args.iters // iters_per_epoch)).dump(config)
     print(f'sizes:    batch {args.batch_size}, N = {args.num_instances:,} rows, K = {args.num_negatives:,}, '
           f'{args.images} images from {data_root}, {args.num_workers} loader workers')
     print(f'timing:   {args.iters} iterations per variant (whole epochs of {iters_per_epoch}), medians over those '

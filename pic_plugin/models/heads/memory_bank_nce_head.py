@@ -1,6 +1,6 @@
 """NPID's memory-bank head: non-parametric softmax or NCE over a bank of one feature per training image."""
 import math
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -11,13 +11,14 @@ from torch import Tensor
 
 from ..utils.distributed_softmax import at_least_float32
 from ..utils.gather import all_gather_rows, host_group
+from ..utils.host_state import HostStateMixin
 from ..utils.row_storage import RowStorage, first_occurrences, to_device
 
 LOSS_MODES = ('nce', 'softmax')
 
 
 @MODELS.register_module()
-class MemoryBankNCE(BaseModule):
+class MemoryBankNCE(HostStateMixin, BaseModule):
     """Non-parametric instance discrimination with a memory bank (NPID, Wu et al. 2018, Sec. 3).
 
     Every training image ``i`` is its own class, represented not by a weight but by ``v_i``, a unit-norm
@@ -42,7 +43,8 @@ class MemoryBankNCE(BaseModule):
     the sum over the ``m`` drawn noise rows being the Monte-Carlo estimate of ``m E_{P_n}[.]`` in Eq. 7. The
     normaliser is estimated once, from the noise of the first batch (Eq. 8,
     ``Z = N / m sum_k exp(v_{j_k}^T f / tau)``, averaged over the batch and over ranks), then held fixed; it is
-    the buffer ``normaliser``, so checkpoints keep it.
+    the buffer ``normaliser``, so checkpoints keep it. Whether it is estimated yet is known on the host (set when
+    it is estimated or loaded), so no step reads it back to decide.
 
     ``proximal_weight = lambda > 0`` adds the proximal term of Eq. 9-10 to each positive,
     ``lambda ||f_i - v_i||^2`` with the bank row as ``v_i^(t-1)``, logged as ``loss_proximal``.
@@ -52,10 +54,12 @@ class MemoryBankNCE(BaseModule):
     ranks are gathered first, so every rank applies the same update and the banks stay identical; an image
     that appears more than once in the gathered batch is updated once, with its first feature in rank order.
 
-    Noise indices come from a ``torch.Generator`` of this head, re-seeded every step with
-    ``noise_seed + step * world_size + rank``: ranks draw different noise, the draw does not touch (nor depend
-    on) the global random state, and a resumed run draws what an uninterrupted one would, since the step
-    count is the checkpointed buffer ``num_steps``.
+    Noise indices are drawn where the bank lives (so they index it without a copy back from a GPU) by a
+    ``torch.Generator`` of this head, re-seeded every step with ``noise_seed + step * world_size + rank``: ranks
+    draw different noise, the draw does not touch (nor depend on) the global random state, and a resumed run
+    draws what an uninterrupted one would, since the step count ``num_steps`` is checkpointed. It is a host
+    tensor, not a buffer (``model.to`` does not move it, DistributedDataParallel does not broadcast it), saved
+    under the key ``num_steps`` (see ``HostStateMixin``).
 
     ``num_classes='auto'`` builds the head without a bank; ``allocate_rows`` then creates it for the training
     set's size (``InstanceCountCheckHook`` calls it before the run loads or resumes a checkpoint).
@@ -86,6 +90,8 @@ class MemoryBankNCE(BaseModule):
             Defaults to 'device'.
         init_cfg (dict, optional): Initialisation config of the module. Defaults to None.
     """
+
+    host_state_names = ('num_steps', )
 
     def __init__(self,
                  num_classes: Union[int, str],
@@ -120,9 +126,10 @@ class MemoryBankNCE(BaseModule):
         self.bank_cfg = dict(dim=in_channels, placement=placement)
         self.num_classes: Optional[int] = None
         self.bank: Optional[RowStorage] = None
-        # Z of Eq. 8; 0 until estimated from the first batch.
+        # Z of Eq. 8; 0 until estimated from the first batch (_normaliser_known tells the host which).
         self.register_buffer('normaliser', torch.zeros((), dtype=torch.float64))
-        self.register_buffer('num_steps', torch.zeros((), dtype=torch.long))
+        self._normaliser_known = False
+        self.num_steps = torch.zeros((), dtype=torch.long)  # on the host: it seeds the noise generator
         self._noise_generators: Dict[torch.device, torch.Generator] = {}
         if num_classes != 'auto':
             self.allocate_rows(num_classes)
@@ -150,7 +157,8 @@ class MemoryBankNCE(BaseModule):
 
         Args:
             feats (Tensor): ``(B, D)`` projected features (normalised here, NPID's L2-normalisation layer).
-            sample_idx (Tensor): ``(B,)`` instance labels: the images' indices in the training set.
+            sample_idx (Tensor): ``(B,)`` instance labels: the images' indices in the training set, on the host
+                (``InstanceClassification`` gives them so; a GPU tensor is read back).
 
         Returns:
             dict[str, Tensor]: ``{'loss': ...}``, plus ``'loss_proximal'`` when ``proximal_weight > 0``.
@@ -175,20 +183,20 @@ class MemoryBankNCE(BaseModule):
 
     def _softmax_loss(self, features: Tensor, local_indices: Tensor) -> Tensor:
         """Eq. 2-3: cross-entropy of ``v_j^T f / tau`` over all ``N`` bank rows."""
-        all_rows = self.bank.gather(torch.arange(self.num_classes, device=features.device), features.device)
+        all_rows = self.bank.gather(torch.arange(self.num_classes, device=self.bank.weight.device), features.device)
         logits = at_least_float32(features @ all_rows.t()) / self.temperature  # (B, D) x (D, N) -> (B, N)
         return F.cross_entropy(logits, to_device(local_indices, features.device))
 
     def _nce_loss(self, features: Tensor, positives: Tensor) -> Tensor:
         """Eq. 4-7 with the positive row and ``m`` uniformly drawn noise rows per feature."""
         batch_size, dim = features.shape
-        noise_indices = self._draw_noise(batch_size, features.device)  # (B, m)
+        noise_indices = self._draw_noise(batch_size, self.bank.weight.device)  # (B, m), where the bank lives
         noise_rows = self.bank.gather(noise_indices.flatten(), features.device).view(batch_size, -1, dim)
         # float32 logits also under autocast (the bmm may run in bfloat16 / float16): the softplus terms sum m of them
         positive_logits = at_least_float32((positives * features).sum(dim=1)) / self.temperature  # (B,)
         noise_products = torch.bmm(noise_rows, features.unsqueeze(2)).squeeze(2)  # (B, m)
         noise_logits = at_least_float32(noise_products) / self.temperature
-        if self.normaliser <= 0:
+        if not self._normaliser_known:
             self._estimate_normaliser(noise_logits.detach())
         log_normaliser = torch.log(self.normaliser).to(noise_logits.dtype)
         log_noise_odds = math.log(self.num_noise / self.num_classes)  # log(m P_n)
@@ -206,9 +214,11 @@ class MemoryBankNCE(BaseModule):
         if world_size > 1:
             all_reduce(estimate, op='mean')
         self.normaliser.copy_(estimate)
+        self._normaliser_known = True
 
     def _draw_noise(self, batch_size: int, device: torch.device) -> Tensor:
-        """``(B, m)`` indices drawn uniformly from ``[0, N)`` by this head's generator (see the class doc)."""
+        """``(B, m)`` indices on ``device`` drawn uniformly from ``[0, N)`` by this head's generator of that device
+        (see the class doc)."""
         rank, world_size = get_dist_info()
         generator = self._noise_generators.get(device)
         if generator is None:
@@ -226,3 +236,14 @@ class MemoryBankNCE(BaseModule):
         new_rows = (self.bank_momentum * old_rows
                     + (1 - self.bank_momentum) * features[to_device(first, features.device)])  # (U, D)
         self.bank.write(unique_indices, weight=F.normalize(new_rows, dim=1))
+
+    def host_state_hint(self, name: str) -> str:
+        return 'it is not a single step count: the checkpoint is damaged.'
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + 'normaliser' in state_dict:  # read once here, at load time
+            self._normaliser_known = bool(state_dict[prefix + 'normaliser'] > 0)

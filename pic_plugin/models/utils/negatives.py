@@ -2,12 +2,13 @@
 
 Both choose on the host, from host instance indices, and return host tensors: no choice waits for the GPU.
 """
-from typing import Dict, List, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .gather import all_gather_rows, host_group
+from .host_state import HostStateMixin
 from .row_storage import RowStorage
 
 
@@ -18,25 +19,27 @@ class AllNegatives(nn.Module):
         """Any table size works."""
 
     def forward(self, sample_idx: Tensor, rows: RowStorage) -> Tuple[Tensor, Tensor]:
-        """``(C_r,)`` local classes of this step and each sample's column among them, ``(B,)`` (outside
-        ``[0, C_r)`` where the sample's row lives on another rank)."""
+        """``(C_r,)`` local classes of this step and the column of each host ``sample_idx`` among them, ``(B,)``
+        (outside ``[0, C_r)`` where the sample's row lives on another rank)."""
         classes = torch.arange(rows.num_local_rows)  # (C_r,)
-        return classes, sample_idx.cpu() - rows.row_offset
+        return classes, sample_idx - rows.row_offset
 
 
-class RecentNegatives(nn.Module):
+class RecentNegatives(HostStateMixin, nn.Module):
     """The batch's own rows plus those of the ``K`` most recent positives (PIC Sec. 2.3, "recent negative
     sampling"), kept in a FIFO of instance indices.
 
     Every rank sees the same classes (the batch indices are gathered over ranks), so a replicated table and its
     averaged gradients stay identical everywhere; the gathered batch then enters the FIFO. The FIFO lives in host
     memory (plain tensors, not buffers: ``model.to`` does not move them and DistributedDataParallel does not
-    broadcast them) and is in the checkpoint under the keys ``recent_indices`` and ``recent_head``, so a resumed
-    run samples as the uninterrupted one.
+    broadcast them) and is in the checkpoint under the keys ``recent_indices`` and ``recent_head`` (see
+    :class:`HostStateMixin`), so a resumed run samples as the uninterrupted one.
 
     Args:
         num_negatives (int): ``K``, the number of recent positives kept. PIC uses 65536.
     """
+
+    host_state_names = ('recent_indices', 'recent_head')
 
     def __init__(self, num_negatives: int) -> None:
         super().__init__()
@@ -55,8 +58,8 @@ class RecentNegatives(nn.Module):
 
     @torch.no_grad()
     def forward(self, sample_idx: Tensor, rows: RowStorage) -> Tuple[Tensor, Tensor]:
-        """Sorted unique classes ``(C,)``: the global batch's and the FIFO's; and each sample's column ``(B,)``."""
-        sample_idx = sample_idx.cpu()
+        """Sorted unique classes ``(C,)``: the global batch's and the FIFO's; and the column of each host
+        ``sample_idx``, ``(B,)``."""
         global_batch = all_gather_rows(sample_idx, group=host_group())  # (G,)
         recent = self.recent_indices[self.recent_indices >= 0]
         classes = torch.unique(torch.cat([global_batch, recent]))  # (C,), sorted
@@ -71,23 +74,5 @@ class RecentNegatives(nn.Module):
         self.recent_indices[slots] = indices
         self.recent_head.copy_((self.recent_head + indices.numel()) % capacity)
 
-    def _state(self) -> Dict[str, Tensor]:
-        return dict(recent_indices=self.recent_indices, recent_head=self.recent_head)
-
-    def _save_to_state_dict(self, destination: Dict[str, Tensor], prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name, tensor in self._state().items():
-            destination[prefix + name] = tensor.detach()
-
-    def _load_from_state_dict(self, state_dict: Dict[str, Tensor], prefix: str, local_metadata: dict,
-                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
-                              error_msgs: List[str]) -> None:
-        for name, tensor in self._state().items():
-            key = prefix + name
-            if key not in state_dict:
-                missing_keys.append(key)
-            elif state_dict[key].shape != tensor.shape:
-                error_msgs.append(f'{key}: the checkpoint holds {tuple(state_dict[key].shape)} but this queue has '
-                                  f'{tuple(tensor.shape)}: set model.head.num_negatives to the checkpoint\'s K.')
-            else:
-                tensor.copy_(state_dict[key])
+    def host_state_hint(self, name: str) -> str:
+        return "set model.head.num_negatives to the checkpoint's K."

@@ -15,10 +15,12 @@ by ``ShardedTableHook``, which assembles the whole table for rank 0's checkpoint
 A step's rows are chosen on the host: the instance indices come from the data samples' metainfo, and their
 range check, the recent-negative queue and the rows' last-update steps (a ``host_columns`` column) stay in host
 memory, so no decision of a step reads a value back from the GPU. The indices go to the GPU through pinned
-memory without blocking (:func:`to_device`); a host-placed table's rows travel the same way, gathered into a
-pinned buffer, and come back through one whose scatter into the table waits until the table is next read
-(:meth:`RowStorage.finish_writes`), by then long copied.
+memory without blocking, on a copy stream beside the compute (:func:`to_device`); a host-placed table's rows
+travel the same way, gathered into a pinned buffer, and come back through one (:func:`to_host_later`) whose
+scatter into the table waits until the table is next read (:meth:`RowStorage.finish_writes`), by then long
+copied.
 """
+import functools
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -60,18 +62,46 @@ def shard_sizes(num_rows: int, world_size: int) -> List[int]:
     return [num_rows // world_size + (rank < num_rows % world_size) for rank in range(world_size)]
 
 
+@functools.lru_cache(maxsize=None)
+def copy_stream(device_index: int) -> 'torch.cuda.Stream':
+    """The side stream that carries the host <-> GPU copies of rows and indices on one GPU, made once."""
+    return torch.cuda.Stream(device_index)
+
+
 def to_device(tensor: Tensor, device: torch.device) -> Tensor:
     """``tensor`` on ``device``; from the host to a GPU through pinned memory, without blocking.
 
-    torch's pinned host allocator keeps the pinned copy until the transfer is done, so the caller may drop it.
+    The copy runs on the GPU's :func:`copy_stream`, beside the work queued before it on the current stream (the
+    backbone's forward); the current stream waits for it only where the copy is used. torch's pinned host
+    allocator keeps the pinned copy until the transfer is done, so the caller may drop it.
     """
     device = torch.device(device)
     if tensor.device == device:
         return tensor
     if device.type == 'cuda' and tensor.device.type == 'cpu':
-        tensor = tensor if tensor.is_pinned() else tensor.pin_memory()
-        return tensor.to(device, non_blocking=True)
+        pinned = tensor if tensor.is_pinned() else tensor.pin_memory()
+        current = torch.cuda.current_stream(device)
+        side = copy_stream(current.device_index)
+        with torch.cuda.stream(side):
+            copied = pinned.to(device, non_blocking=True)
+        current.wait_stream(side)
+        copied.record_stream(current)  # allocated on the side stream, used on the current one
+        return copied
     return tensor.to(device)
+
+
+def to_host_later(rows: Tensor, staged: Tensor) -> 'torch.cuda.Event':
+    """Start copying GPU ``rows`` into the pinned host tensor ``staged`` on the :func:`copy_stream`, once the work
+    queued so far has made them; return the event that marks the end of the copy."""
+    current = torch.cuda.current_stream(rows.device)
+    side = copy_stream(current.device_index)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        staged.copy_(rows, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(side)
+    rows.record_stream(side)  # the current stream may free the rows before the side stream has read them
+    return copied
 
 
 def first_occurrences(indices: Tensor) -> Tuple[Tensor, Tensor]:
@@ -276,7 +306,7 @@ class RowStorage(nn.Module):
         local_indices = to_device(local_indices, column.device)
         if column.device.type == 'cpu' and torch.device(device).type == 'cuda':
             staged = torch.empty((local_indices.numel(), ) + column.shape[1:], dtype=column.dtype, pin_memory=True)
-            return torch.index_select(column, 0, local_indices, out=staged).to(device, non_blocking=True)
+            return to_device(torch.index_select(column, 0, local_indices, out=staged), device)
         return column.index_select(0, local_indices).to(device)
 
     def write(self, local_indices: Tensor, **values: Tensor) -> None:
@@ -291,10 +321,7 @@ class RowStorage(nn.Module):
             indices = to_device(local_indices, column.device)
             if column.device.type == 'cpu' and rows.device.type == 'cuda':
                 staged = torch.empty(rows.shape, dtype=column.dtype, pin_memory=True)
-                staged.copy_(rows, non_blocking=True)
-                copied = torch.cuda.Event()
-                copied.record()
-                self._pending_writes.append((name, indices, staged, copied))
+                self._pending_writes.append((name, indices, staged, to_host_later(rows, staged)))
             else:
                 column.index_copy_(0, indices, rows.to(column.device, column.dtype))
 

@@ -200,6 +200,36 @@ def test_resume_from_the_state_dict_gives_the_same_next_loss_and_bank():
     assert torch.equal(resumed.bank.weight, head.bank.weight)
 
 
+def test_step_count_and_normaliser_round_trip_through_the_state_dict_and_the_step_count_stays_on_the_host():
+    torch.manual_seed(0)
+    head = MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5)
+    for step in range(3):
+        head.loss(torch.randn(4, 8), torch.arange(4) + 4 * step)
+    state = head.state_dict()
+    assert list(state) == ['normaliser', 'num_steps', 'bank.weight']  # as when both were buffers
+    assert state['num_steps'].dtype == torch.long and state['num_steps'].shape == () and state['num_steps'] == 3
+    assert state['normaliser'].dtype == torch.float64 and state['normaliser'].shape == () and state['normaliser'] > 0
+    restored = MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5)
+    restored.load_state_dict(state)
+    assert restored.num_steps.item() == 3 and restored.normaliser.item() == state['normaliser'].item()
+    assert torch.equal(restored._draw_noise(4, torch.device('cpu')), head._draw_noise(4, torch.device('cpu')))
+    feats, sample_idx = torch.randn(4, 8), torch.arange(4)
+    assert restored.loss(feats, sample_idx)['loss'].item() == head.loss(feats, sample_idx)['loss'].item()
+    assert restored.normaliser.item() == state['normaliser'].item()  # loaded as estimated: not estimated again
+
+    restored.load_state_dict(MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5).state_dict())
+    assert restored.num_steps.item() == 0 and restored.normaliser.item() == 0
+    restored.loss(feats, sample_idx)
+    assert restored.normaliser.item() > 0  # a checkpoint from before the first step: Z is estimated again
+    result = restored.load_state_dict({k: v for k, v in state.items() if k != 'num_steps'}, strict=False)
+    assert result.missing_keys == ['num_steps'] and result.unexpected_keys == []
+
+    restored.to('meta')
+    assert restored.normaliser.device.type == 'meta'
+    assert restored.num_steps.device.type == 'cpu' and restored.num_steps.dtype == torch.long  # not moved
+    assert restored.state_dict()['num_steps'].device.type == 'cpu'
+
+
 def test_noise_is_uniform_per_step_and_independent_of_the_global_random_state():
     head = MemoryBankNCE(num_classes=1000, in_channels=4, num_noise=500)
     torch.manual_seed(1)

@@ -1,5 +1,6 @@
-"""A training step of InstanceClsHead reads no value back from the compute device: every choice of the step (the
-range check, the classes, the stale rows and their transitions, each sample's column) is made on the host.
+"""A training step of InstanceClsHead or MemoryBankNCE reads no value back from the compute device: every choice of
+the step (the range check, the classes, the stale rows and their transitions, each sample's column, the noise seed,
+whether NPID's normaliser is estimated yet) is made on the host.
 
 The steps run on the meta device, which has shapes but no values: there, any read of a device value (``int()``,
 ``.item()``, ``nonzero``, ``unique``, a boolean mask, a copy to the host) raises. On a GPU each such read would make
@@ -10,7 +11,7 @@ import torch
 from mmpretrain.structures import DataSample
 
 from pic_plugin.engine.optimizers import LazyCorrectedSGD
-from pic_plugin.models.heads import InstanceClsHead
+from pic_plugin.models.heads import InstanceClsHead, MemoryBankNCE
 from pic_plugin.models.selfsup import InstanceClassification
 from pic_plugin.models.utils import gather
 
@@ -65,6 +66,49 @@ def test_detached_views_on_the_meta_device_read_no_value_back():
         loss.backward()
         head.rows.step(lr=0.1, momentum=0.9, weight_decay=1e-4)
     assert head.rows.num_steps == 3
+
+
+NPID_HEADS = {
+    'nce': dict(loss='nce'),
+    'nce with the proximal term': dict(loss='nce', proximal_weight=30.),
+    'softmax with the proximal term': dict(loss='softmax', proximal_weight=30.),
+}
+
+
+@pytest.mark.parametrize('name', list(NPID_HEADS))
+def test_npid_steps_on_the_meta_device_read_no_value_back(name):
+    """Four steps with the bank on the device, each updating it: under NCE the first estimates the normaliser, the
+    later ones use it, and every one seeds its noise draw from the host step count."""
+    head = MemoryBankNCE(num_classes=40, in_channels=8, num_noise=5, **NPID_HEADS[name]).to(META)
+    # torch has no generator for the meta device (its tensors hold no values to draw): a host one stands in, which
+    # randint on the meta device accepts and ignores; a GPU bank has its own GPU generator
+    head._noise_generators[META] = torch.Generator()
+    feats = torch.randn(6, 8, device=META, requires_grad=True)
+    for step in range(4):
+        losses = head.loss(feats, torch.arange(6) + 6 * step)  # host labels
+        assert all(loss.device == META for loss in losses.values())
+        sum(losses.values()).backward()
+    assert head.bank.weight.device == META and head.normaliser.device == META
+    assert head.num_steps.device.type == 'cpu' and int(head.num_steps) == 4
+
+
+@pytest.mark.parametrize('loss_mode', ['nce', 'softmax'])
+def test_npid_steps_with_a_host_bank_pick_their_rows_on_the_host(loss_mode, monkeypatch):
+    """With ``placement='host'`` the noise is drawn where the bank lives, so no row index comes back from the device.
+
+    The bank's write is recorded instead of made: the copy of device rows into host memory goes through pinned
+    memory without blocking on a GPU, a copy the meta device cannot make.
+    """
+    head = MemoryBankNCE(num_classes=40, in_channels=8, loss=loss_mode, num_noise=5, placement='host').to(META)
+    writes = []
+    monkeypatch.setattr(head.bank, 'write', lambda indices, weight: writes.append((indices.device, weight.device)))
+    feats = torch.randn(6, 8, device=META, requires_grad=True)
+    for step in range(3):
+        loss = head.loss(feats, torch.arange(6) + 6 * step)['loss']
+        assert loss.device == META
+        loss.backward()
+    assert head.bank.weight.device.type == 'cpu'
+    assert writes == [(torch.device('cpu'), META)] * 3
 
 
 def test_instance_labels_are_made_on_the_host():

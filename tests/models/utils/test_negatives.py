@@ -65,3 +65,9 @@ def test_k_must_be_positive_and_fit_in_the_table():
     with pytest.raises(ValueError, match=r"num_negatives=11 must lie in \[1, num_classes=10\]: lower "
                        r"model\.head\.num_negatives for a small data set, or use negatives='full'"):
         RecentNegatives(11).check(10)
+
+
+def test_a_checkpoint_of_another_k_names_the_config_key():
+    with pytest.raises(RuntimeError, match=r"recent_indices: the checkpoint holds \(8,\) but this model has \(4,\): "
+                                           r"set model\.head\.num_negatives to the checkpoint's K\."):
+        RecentNegatives(4).load_state_dict(RecentNegatives(8).state_dict())
