@@ -87,12 +87,14 @@ def test_throughput_prints_images_per_second_and_both_ratios(monkeypatch, capsys
                  '--threads', '1']
     out = run_main('bench_throughput', arguments, monkeypatch, capsys)
     assert 'bench_throughput.py --backbone tiny' in out and 'machine:' in out
-    views = {name: table_rows(out, name)[0][1] for name in ('PIC', 'PIC, config head', 'SimCLR', 'MoCoV2')}
-    assert views == {'PIC': '1', 'PIC, config head': '1', 'SimCLR': '2', 'MoCoV2': '2'}
+    pics = ('PIC', 'PIC, config head', 'PIC, K + B-row table')
+    views = {name: table_rows(out, name)[0][1] for name in pics + ('SimCLR', 'MoCoV2')}
+    assert views == {'PIC': '1', 'PIC, config head': '1', 'PIC, K + B-row table': '1', 'SimCLR': '2', 'MoCoV2': '2'}
     assert all(table_rows(out, name)[0][4] == '2' for name in views)
-    for pic in ('PIC', 'PIC, config head'):
-        assert re.search(rf'\n{pic} / SimCLR: \d+\.\d+x images/s \(bound 2\.0x, goal >= 1\.8x: (met|NOT met)\)', out)
-        assert re.search(rf'\n{pic} / MoCoV2: \d+\.\d+x images/s \(bound 1\.33x, goal >= 1\.25x: (met|NOT met)\)',
+    for pic in pics:
+        name = re.escape(pic)
+        assert re.search(rf'\n{name} / SimCLR: \d+\.\d+x images/s \(bound 2\.0x, goal >= 1\.8x: (met|NOT met)\)', out)
+        assert re.search(rf'\n{name} / MoCoV2: \d+\.\d+x images/s \(bound 1\.33x, goal >= 1\.25x: (met|NOT met)\)',
                          out)
 
 
@@ -110,6 +112,20 @@ def test_throughput_starts_pic_with_a_full_queue_of_distinct_recent_negatives(mo
     fifo = bench_throughput.TrainStep(bench_throughput.model_specs(args)['PIC'], args).model.head.negatives
     assert fifo.recent_indices.numel() == 64 and fifo.recent_indices.unique().numel() == 64
     assert int(fifo.recent_indices.min()) >= 0  # every slot holds an instance: a step scores K + B rows
+
+
+def test_throughput_compares_pic_with_a_table_of_as_many_rows_as_its_step_scores(monkeypatch):
+    """The K + B-row table scores the classes of a PIC step, all of its rows (read in order) every step."""
+    import bench_throughput
+    monkeypatch.setattr(sys, 'argv', ['bench_throughput.py', '--backbone', 'tiny', '--num-instances', '300',
+                                      '--num-negatives', '64', '--batch-size', '8'])
+    args = bench_throughput.parse_args()
+    specs = bench_throughput.model_specs(args)
+    head = specs['PIC, K + B-row table'].cfg['head']
+    assert (head['num_classes'], head['negatives'], specs['PIC, K + B-row table'].num_instances) == (72, 'full', 72)
+    assert specs['PIC'].cfg['head']['negatives'] == 'recent' and specs['PIC'].cfg['head']['num_classes'] == 300
+    monkeypatch.setattr(sys, 'argv', ['bench_throughput.py', '--negatives', 'full'])
+    assert 'PIC, K + B-row table' not in bench_throughput.model_specs(bench_throughput.parse_args())
 
 
 def test_r50_run_trains_each_variant_through_tools_train_and_prints_its_row(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,10 @@ weight decay 1e-4; SimCLR's LARS would only change the optimiser's few element-w
   (its rows then all carry ``last_step = 0``; filling it by training would take ``K / B`` steps).
 * PIC, config head: the same with the config's own head (the tiny config: a full softmax over 1500 classes),
   whose cost is negligible: the difference to PIC is what the paper-size head costs per step.
+* PIC, K + B-row table (with recent negatives only): a full softmax over a table of just ``K + B`` rows, so every
+  step scores as many classes as PIC's, with the same arithmetic, but its rows are copied in order and nothing
+  is picked or corrected: the difference to PIC is what finding, gathering, correcting and writing back
+  ``K + B`` scattered rows of the ``N``-row table costs beyond an in-order copy.
 * SimCLR: mmpretrain's ``SimCLR`` with its ``NonLinearNeck`` and ``ContrastiveHead`` (tau = 0.1): both views
   go forward and backward.
 * MoCo v2: mmpretrain's ``MoCo`` with ``MoCoV2Neck`` and a queue of ``K`` keys (tau = 0.2), as mmpretrain's
@@ -52,7 +56,7 @@ BACKBONES = {
     'resnet18': (dict(type='ResNet', depth=18), 512, 2048),
     'resnet50': (dict(type='ResNet', depth=50), 2048, 2048),
 }
-PIC_NAMES = ('PIC', 'PIC, config head')
+PIC_NAMES = ('PIC', 'PIC, config head', 'PIC, K + B-row table')
 # (name, bound, goal) of images/s PIC / other
 RATIO_GOALS = (('SimCLR', 2.0, 1.8), ('MoCoV2', 1.33, 1.25))
 
@@ -66,7 +70,8 @@ class ModelSpec(NamedTuple):
 
 
 def model_specs(args: argparse.Namespace) -> Dict[str, ModelSpec]:
-    """PIC with the head of the flags, PIC with the config's own head, SimCLR and MoCo v2."""
+    """PIC with the head of the flags, PIC with the config's own head, PIC with a ``K + B``-row table (recent
+    negatives only), SimCLR and MoCo v2."""
     backbone, channels, hidden = BACKBONES[args.backbone]
     config_pic = Config.fromfile(str(args.config)).model.to_dict()
     config_pic['backbone'] = backbone
@@ -84,9 +89,13 @@ def model_specs(args: argparse.Namespace) -> Dict[str, ModelSpec]:
                   neck=dict(type='MoCoV2Neck', in_channels=channels, hid_channels=hidden,
                             out_channels=out_channels, with_avg_pool=True),
                   head=dict(type='ContrastiveHead', loss=dict(type='CrossEntropyLoss'), temperature=0.2))
-    return {'PIC': ModelSpec(pic, 1, args.num_instances),
-            'PIC, config head': ModelSpec(config_pic, 1, config_pic['head']['num_classes']),
-            'SimCLR': ModelSpec(simclr, 2, args.num_instances),
+    specs = {'PIC': ModelSpec(pic, 1, args.num_instances),
+             'PIC, config head': ModelSpec(config_pic, 1, config_pic['head']['num_classes'])}
+    if args.negatives == 'recent':
+        classes = args.num_negatives + args.batch_size  # the classes of a PIC step, all rows of this table
+        small_table = dict(pic, head=dict(pic['head'], num_classes=classes, negatives='full'))
+        specs['PIC, K + B-row table'] = ModelSpec(small_table, 1, classes)
+    return {**specs, 'SimCLR': ModelSpec(simclr, 2, args.num_instances),
             'MoCoV2': ModelSpec(mocov2, 2, args.num_instances)}
 
 
@@ -170,7 +179,7 @@ def print_results(times: Dict[str, List[float]], steps: Dict[str, TrainStep], ar
     print_table(['model', 'views', 'median s/step', 'IQR', 'steps', 'images/s'],
                 [[name, str(steps[name].num_views), f'{median(step_times):.3f}', spread(step_times),
                   str(len(step_times)), f'{images_per_second[name]:.1f}'] for name, step_times in times.items()])
-    for pic in PIC_NAMES:
+    for pic in (name for name in PIC_NAMES if name in times):
         print()
         for other, bound, goal in RATIO_GOALS:
             ratio = images_per_second[pic] / images_per_second[other]
