@@ -26,9 +26,13 @@ def table_rows(output: str, first_cell: str):
 
 
 def run_main(module_name: str, flags, monkeypatch, capsys) -> str:
-    """Run a benchmark's ``main`` with these command-line flags in this process; return what it printed."""
+    """Run a benchmark's ``main`` with these command-line flags in this process; return what it printed.
+
+    Where the benchmark takes a malloc policy, ``--malloc system``: the policy is the process's, and must not
+    change for the later tests."""
     module = __import__(module_name)
-    monkeypatch.setattr(sys, 'argv', [module.__file__, *flags])
+    malloc = ['--malloc', 'system'] if hasattr(module, 'apply_common_arguments') else []
+    monkeypatch.setattr(sys, 'argv', [module.__file__, *flags, *malloc])
     threads = torch.get_num_threads()
     try:
         module.main()
@@ -39,7 +43,7 @@ def run_main(module_name: str, flags, monkeypatch, capsys) -> str:
 
 def check_head_step_output(out: str, schedule: str, timed_steps: int) -> None:
     assert 'command:  ' in out and 'bench_head_step.py --rows 1000 2000' in out
-    assert re.search(r'machine: .*cores', out) and 'torch:' in out
+    assert re.search(r'machine: .*cores', out) and 'torch:' in out and '\nmalloc:   ' in out
     assert f'sampled + lazy: {schedule} schedule' in out
     assert re.search(r't\(2000\) / t\(1e3\) = \d+\.\d+: goal <= 1\.1 (met|NOT met)', out)
     assert re.search(r't\(800\) / t\(400\) = \d+\.\d', out)
@@ -61,6 +65,8 @@ def check_head_step_output(out: str, schedule: str, timed_steps: int) -> None:
                         ('write back', 'bare write')):
         cells = next(row for row in table_rows(out, phase) if len(row) == 5)  # the phase / bare table
         assert cells[2] == bare and float(cells[1]) > 0 and float(cells[4]) > 0
+    assert re.search(r'a step of nothing but its bare operations \(products \+ gather \+ write\) = \d+\.\d\dx the '
+                     r'matrix products: goal <= 1\.5 (reachable|out of reach on this machine)', out)
 
 
 def test_head_step_command_prints_flat_bytes_for_sampled_rows_and_linear_for_dense(tmp_path):
@@ -68,11 +74,14 @@ def test_head_step_command_prints_flat_bytes_for_sampled_rows_and_linear_for_den
                       '--schedule', 'interleaved'], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     check_head_step_output(result.stdout, 'interleaved', timed_steps=2)
+    # the default policy, in a process of its own: glibc keeps freed blocks, as a GPU's caching allocator does
+    assert 'malloc:   freed blocks kept for reuse (glibc mallopt: M_MMAP_MAX=0' in result.stdout
 
 
 def test_head_step_sweeps_repeat_the_sweep(monkeypatch, capsys):
     out = run_main('bench_head_step', [*TINY_HEAD, '--schedule', 'sweeps', '--sweeps', '2'], monkeypatch, capsys)
     check_head_step_output(out, 'sweeps', timed_steps=4)
+    assert 'malloc:   system default' in out
     assert 'whole sweep repeated 2 times' in out
 
 
@@ -96,6 +105,12 @@ def test_throughput_prints_images_per_second_and_both_ratios(monkeypatch, capsys
         assert re.search(rf'\n{name} / SimCLR: \d+\.\d+x images/s \(bound 2\.0x, goal >= 1\.8x: (met|NOT met)\)', out)
         assert re.search(rf'\n{name} / MoCoV2: \d+\.\d+x images/s \(bound 1\.33x, goal >= 1\.25x: (met|NOT met)\)',
                          out)
+    # the floor: the config-head step plus the paper head's products, timed in the same rounds (B x (K + B) x D)
+    assert re.search(r"\nthe paper head's floor: PIC = config head \d\.\d{3} s \+ paper head -?\d\.\d{3} s per step; "
+                     r"the head's three matrix products alone \(8 x 72 x 128\) take \d\.\d{3} s", out)
+    for other, goal in (('SimCLR', '1.8'), ('MoCoV2', '1.25')):
+        assert re.search(rf'\na PIC step of config head \+ matrix products / {other}: \d+\.\d\dx images/s \(goal >= '
+                         rf'{re.escape(goal)}x: (reachable|out of reach on this machine)\)', out)
 
 
 def test_throughput_refuses_a_queue_that_is_not_a_multiple_of_the_batch(monkeypatch, capsys):
@@ -106,7 +121,7 @@ def test_throughput_refuses_a_queue_that_is_not_a_multiple_of_the_batch(monkeypa
 def test_throughput_starts_pic_with_a_full_queue_of_distinct_recent_negatives(monkeypatch):
     import bench_throughput
     monkeypatch.setattr(sys, 'argv', ['bench_throughput.py', '--backbone', 'tiny', '--num-instances', '300',
-                                      '--num-negatives', '64', '--batch-size', '8'])
+                                      '--num-negatives', '64', '--batch-size', '8', '--malloc', 'system'])
     args = bench_throughput.parse_args()
     bench_throughput.apply_common_arguments(args)
     fifo = bench_throughput.TrainStep(bench_throughput.model_specs(args)['PIC'], args).model.head.negatives

@@ -13,6 +13,9 @@ cosine), so the correction multiplies genuinely different transitions.
 Bounds: for the largest N, the step is timed interleaved with the operations it cannot do without at its own
 shapes (its three matrix products; a bare ``index_select`` and ``index_copy_`` of its rows), and the ratio of
 the step to the matrix products is printed against the goal of 1.5, with each phase beside its bare operation.
+The bare operations together are the floor of any step that keeps the table's layout: where they exceed 1.5x the
+products, the goal is out of reach on this machine, and the output says so. Host memory: see ``--malloc``
+(``benchmark_utils.set_malloc_policy``).
 
 Two modes of the same head are timed:
 
@@ -345,6 +348,10 @@ def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> No
                  for phase, ms, bare in phases])
     rest = sum(profile.values()) - sum(ms for _, ms, _ in phases)
     print(f'the other phases (recent classes, correction, SGD update): {rest:.1f} ms')
+    floor = sum(seconds[name] for name in operations) / seconds['matrix products']
+    verdict = 'reachable' if floor <= MATMUL_GOAL else 'out of reach on this machine'
+    print(f'a step of nothing but its bare operations (products + gather + write) = {floor:.2f}x the matrix '
+          f'products: goal <= {MATMUL_GOAL} {verdict}')
 
 
 def count_label(count: int) -> str:

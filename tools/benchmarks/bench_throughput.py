@@ -31,6 +31,15 @@ follow from counting passes: a SimCLR step costs two forward and two backward pa
 each (bound 2x, goal >= 1.8x); MoCo's second view runs forward only, about 1/3 of a forward-backward pass
 (bound about 1.33x, goal >= 1.25x). The classifier's extra work (gathering and updating K + B rows) counts
 against PIC.
+
+The floor of the paper head: its three matrix products alone (the logits ``(B, D) x (D, C)`` and their two
+gradients, ``C = K + B`` classes, or ``N`` with ``--negatives full``) are timed in the same rounds. "PIC, config
+head" plus them is what a PIC step would take if its head cost nothing but its arithmetic, and the ratios that
+step would reach are printed: where one is below its goal, the goal is out of reach on this machine whatever the
+head's row traffic.
+
+Host memory: ``--malloc reuse`` (the default) keeps freed blocks in the heap, as a GPU's caching allocator does,
+for every model alike (see ``benchmark_utils.set_malloc_policy``); ``--malloc system`` leaves glibc's defaults.
 """
 import argparse
 from pathlib import Path
@@ -57,6 +66,7 @@ BACKBONES = {
     'resnet50': (dict(type='ResNet', depth=50), 2048, 2048),
 }
 PIC_NAMES = ('PIC', 'PIC, config head', 'PIC, K + B-row table')
+HEAD_PRODUCTS = "the paper head's matrix products"
 # (name, bound, goal) of images/s PIC / other
 RATIO_GOALS = (('SimCLR', 2.0, 1.8), ('MoCoV2', 1.33, 1.25))
 
@@ -102,6 +112,26 @@ def model_specs(args: argparse.Namespace) -> Dict[str, ModelSpec]:
 def sgd(model: nn.Module) -> torch.optim.SGD:
     """The same SGD for every model (PIC's recipe: lr 0.03, momentum 0.9, weight decay 1e-4)."""
     return torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
+
+
+class HeadProducts:
+    """The paper head's three matrix products at the shapes of a PIC step, alone: its floating-point floor.
+
+    Args:
+        num_classes (int): ``C``, the classes a step scores.
+        args (argparse.Namespace): The command line (device, batch size, seed).
+        dim (int): ``D``, the length of a feature and of a row.
+    """
+
+    def __init__(self, num_classes: int, dim: int, args: argparse.Namespace) -> None:
+        generator = torch.Generator().manual_seed(args.seed)
+        self.feats = torch.randn(args.batch_size, dim, generator=generator).to(args.device)  # (B, D)
+        self.weight = torch.randn(num_classes, dim, generator=generator).to(args.device)  # (C, D)
+        self.grad = torch.randn(args.batch_size, num_classes, generator=generator).to(args.device)  # (B, C)
+
+    def __call__(self) -> None:
+        """The logits and the gradients of the features and of the rows."""
+        self.feats @ self.weight.t(), self.grad @ self.weight, self.grad.t() @ self.feats
 
 
 class TrainStep:
@@ -174,7 +204,13 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def print_results(times: Dict[str, List[float]], steps: Dict[str, TrainStep], args: argparse.Namespace) -> None:
+def head_classes(args: argparse.Namespace) -> int:
+    """``C``, the classes a step of PIC's head scores: ``K + B`` with recent negatives, else ``N``."""
+    return args.num_negatives + args.batch_size if args.negatives == 'recent' else args.num_instances
+
+
+def print_results(times: Dict[str, List[float]], products: List[float], steps: Dict[str, TrainStep],
+                  args: argparse.Namespace) -> None:
     images_per_second = {name: args.batch_size / median(step_times) for name, step_times in times.items()}
     print_table(['model', 'views', 'median s/step', 'IQR', 'steps', 'images/s'],
                 [[name, str(steps[name].num_views), f'{median(step_times):.3f}', spread(step_times),
@@ -185,6 +221,16 @@ def print_results(times: Dict[str, List[float]], steps: Dict[str, TrainStep], ar
             ratio = images_per_second[pic] / images_per_second[other]
             verdict = 'met' if ratio >= goal else 'NOT met'
             print(f'{pic} / {other}: {ratio:.2f}x images/s (bound {bound}x, goal >= {goal}x: {verdict})')
+    no_head, head = median(times['PIC, config head']), median(times['PIC']) - median(times['PIC, config head'])
+    floor = median(products)
+    print(f'\nthe paper head\'s floor: PIC = config head {no_head:.3f} s + paper head {head:.3f} s per step; the '
+          f'head\'s three matrix products alone ({args.batch_size} x {head_classes(args)} x '
+          f'{steps["PIC"].model.head.rows.dim}) take {floor:.3f} s: the head takes {head / floor:.2f}x its products')
+    for other, _, goal in RATIO_GOALS:
+        ratio = median(times[other]) / (no_head + floor)
+        verdict = 'reachable' if ratio >= goal else 'out of reach on this machine'
+        print(f'a PIC step of config head + matrix products / {other}: {ratio:.2f}x images/s (goal >= {goal}x: '
+              f'{verdict})')
 
 
 def main() -> None:
@@ -202,10 +248,11 @@ def main() -> None:
         for _ in range(args.warmup_steps):
             steps[name].draw_batch()
             steps[name]()
-    times = interleaved_rounds(steps, args.rounds, args.steps_per_round, device,
+    products = HeadProducts(head_classes(args), steps['PIC'].model.head.rows.dim, args)
+    times = interleaved_rounds({**steps, HEAD_PRODUCTS: products}, args.rounds, args.steps_per_round, device,
                                prepare={name: step.draw_batch for name, step in steps.items()})
     print()
-    print_results(times, steps, args)
+    print_results(times, times.pop(HEAD_PRODUCTS), steps, args)
 
 
 if __name__ == '__main__':

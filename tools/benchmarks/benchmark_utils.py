@@ -5,6 +5,7 @@ runs its variants in interleaved rounds (a few steps of every variant per round,
 round to the next) and reports the median step time of each variant over all rounds.
 """
 import argparse
+import ctypes
 import os
 import platform
 import shlex
@@ -19,6 +20,11 @@ from torch import Tensor
 from pic_plugin.models.utils.row_storage import available_host_memory
 
 GIB = 1024**3
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+MALLOC_POLICIES = ('reuse', 'system')
+# what set_malloc_policy did to this process, for the header
+_malloc_line = 'system default'
 
 
 class DistinctIndexStream:
@@ -71,6 +77,7 @@ def machine_lines(device: torch.device) -> List[str]:
         f'date:     {time.strftime("%Y-%m-%d %H:%M:%S %Z")}',
         f'machine:  {cpu_model()}, {os.cpu_count()} cores, {memory} memory available, {platform.system()}',
         f'torch:    {torch.__version__}, {torch.get_num_threads()} intra-op threads',
+        f'malloc:   {_malloc_line}',
         f'load:     {load} (1, 5, 15 min averages before the run; other work shares the machine)',
     ]
     if device.type == 'cuda':
@@ -81,8 +88,30 @@ def machine_lines(device: torch.device) -> List[str]:
     return lines
 
 
+def set_malloc_policy(policy: str) -> None:
+    """Let the host's ``malloc`` keep freed blocks for reuse (``'reuse'``), or leave its defaults (``'system'``).
+
+    glibc serves every block over 32 MiB from a fresh ``mmap`` and unmaps it when freed, so each such tensor
+    (a step's ``K + B`` gathered rows, their gradient, a backbone's activations) page-faults its memory in again
+    on every step: with 65,600 rows of 128 floats that costs more than the copy itself. A GPU's caching allocator
+    reuses freed blocks. ``'reuse'`` does the same on the host, for every model of a benchmark alike, through
+    glibc's ``mallopt``: no ``mmap`` blocks (``M_MMAP_MAX = 0``) and freed heap memory kept up to 2 GiB
+    (``M_TRIM_THRESHOLD``). Where there is no glibc, nothing changes and the header says so.
+    """
+    global _malloc_line
+    if policy == 'system':
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        _malloc_line = 'system default (no glibc mallopt here: --malloc reuse changed nothing)'
+        return
+    if mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1):
+        _malloc_line = 'freed blocks kept for reuse (glibc mallopt: M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)'
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, rounds: int, steps_per_round: int) -> None:
-    """Add the flags every benchmark takes: rounds, steps per round, device, threads and seed."""
+    """Add the flags every benchmark takes: rounds, steps per round, device, threads, seed and malloc policy."""
     parser.add_argument('--rounds', type=int, default=rounds, help='interleaved rounds')
     parser.add_argument('--steps-per-round', type=int, default=steps_per_round,
                         help='timed steps of every variant per round')
@@ -90,10 +119,14 @@ def add_common_arguments(parser: argparse.ArgumentParser, rounds: int, steps_per
     parser.add_argument('--threads', type=int, default=None,
                         help="torch's intra-op threads (default: torch's choice, usually the cores)")
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--malloc', choices=MALLOC_POLICIES, default='reuse',
+                        help="host malloc: 'reuse' keeps freed blocks as a GPU's caching allocator does (for every "
+                             "variant alike); 'system' leaves glibc's defaults (see set_malloc_policy)")
 
 
 def apply_common_arguments(args: argparse.Namespace) -> torch.device:
-    """Set the threads and the seed; return the compute device."""
+    """Set the malloc policy, the threads and the seed; return the compute device."""
+    set_malloc_policy(args.malloc)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -137,7 +170,7 @@ def interleaved_rounds(steps: Dict[str, Callable[[], None]], rounds: int, steps_
         steps_per_round (int): Timed steps of a variant per round.
         device (torch.device): Where the steps run (CUDA is synchronised around each step).
         prepare (dict[str, Callable], optional): Untimed work before each step of a variant (e.g. drawing
-            its next batch). Defaults to None.
+            its next batch); a variant without one has none. Defaults to None.
 
     Returns:
         dict[str, list[float]]: The step times of each variant, in seconds.
@@ -148,7 +181,7 @@ def interleaved_rounds(steps: Dict[str, Callable[[], None]], rounds: int, steps_
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             for _ in range(steps_per_round):
-                if prepare is not None:
+                if prepare is not None and name in prepare:
                     prepare[name]()
                 times[name].append(time_call(steps[name], device))
     return times
