@@ -12,7 +12,8 @@ sys.path.insert(0, str(REPO_ROOT / 'tools' / 'benchmarks'))
 def test_prints_the_check_the_table_and_the_ratio(monkeypatch, capsys):
     import bench_hard_classes
     flags = ['--rows', '500', '--dim', '8', '--k', '5', '--chunk-size', '64', '--key-block-size', '100',
-             '--check-rows', '50', '--rounds', '2', '--threads', '1']
+             '--check-rows', '50', '--rounds', '2', '--threads', '1',
+             '--malloc', 'system']  # the malloc policy is this process's: it must not change for the later tests
     monkeypatch.setattr(sys, 'argv', ['bench_hard_classes.py', *flags])
     threads = torch.get_num_threads()
     try:

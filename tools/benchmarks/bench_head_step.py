@@ -10,12 +10,10 @@ from its ``LazySGDRows``, brings them forward (PIC Eq. 3), computes the cosine l
 the gathered rows (``rows.step``, PIC Eq. 2) and writes the rows back. Every step has its own learning rate (a
 cosine), so the correction multiplies genuinely different transitions.
 
-Bounds: for the largest N, the step is timed interleaved with the operations it cannot do without at its own
-shapes (its three matrix products; a bare ``index_select`` and ``index_copy_`` of its rows), and the ratio of
-the step to the matrix products is printed against the goal of 1.5, with each phase beside its bare operation.
-The bare operations together are the floor of any step that keeps the table's layout: where they exceed 1.5x the
-products, the goal is out of reach on this machine, and the output says so. Host memory: see ``--malloc``
-(``benchmark_utils.set_malloc_policy``).
+Bounds: for the largest N, the step is timed interleaved with its three matrix products alone at its own shapes,
+and the ratio of the step to them is printed against the goal of 1.5, with the phases' share beside it (the
+logits, loss and backward against the products; the rest: classes, row traffic, correction, SGD update).
+Host memory: see ``--malloc`` (``benchmark_utils.set_malloc_policy``).
 
 Two modes of the same head are timed:
 
@@ -290,68 +288,40 @@ def measure_mode(row_counts: Sequence[int], negatives: str, warmup_steps: int, s
     return result
 
 
-def bare_operations(bench: HeadStep) -> Dict[str, Callable[[], None]]:
-    """The operations a step cannot do without, alone, at the shapes and on the tables of ``bench``'s last step.
-
-    * ``matrix products``: the logits ``(B, D) x (D, C)`` and their two gradients, ``(C, B) x (B, D)`` and
-      ``(B, C) x (C, D)`` (PIC Eq. 1): the step's floating-point bound;
-    * ``bare gather``: ``index_select`` of the step's ``C`` rows of the weight and momentum (what ``rows.gather``
-      moves; the last steps are a host column, read on the host beside it);
-    * ``bare write``: ``index_copy_`` of those rows back (their own values, so the table does not change).
-    """
-    rows, device = bench.head.rows, bench.device
-    classes = torch.unique(torch.cat([bench.head.negatives.recent_indices, bench.indices.cpu()]))
-    classes = classes[classes >= 0]  # (C,) on the host, moved to each column's device below
-    num_classes, dim, batch = classes.numel(), rows.dim, bench.inputs.shape[0]
+def matrix_products(bench: HeadStep) -> Callable[[], None]:
+    """The step's three matrix products alone, at the shapes of ``bench``'s steps: the logits ``(B, D) x (D, C)``
+    and their two gradients, ``(C, B) x (B, D)`` and ``(B, C) x (C, D)`` (PIC Eq. 1), the step's floating-point
+    bound (``C = K + B`` classes)."""
+    batch, dim, device = bench.inputs.shape[0], bench.head.rows.dim, bench.device
+    num_classes = bench.head.negatives.num_negatives + batch
     feats, weight = torch.randn(batch, dim, device=device), torch.randn(num_classes, dim, device=device)
     grad = torch.randn(batch, num_classes, device=device)
-    on_device = {name: classes.to(column.device) for name, column in rows.columns().items()}
-    gathered = {name: column.index_select(0, on_device[name]) for name, column in rows.columns().items()}
 
     def products() -> None:
         feats @ weight.t(), grad.t() @ feats, grad @ weight
 
-    def gather() -> None:
-        for name, column in rows.columns().items():
-            if name not in rows.host_columns:
-                column.index_select(0, on_device[name])
-
-    def write() -> None:
-        for name, column in rows.columns().items():
-            column.index_copy_(0, on_device[name], gathered[name])
-
-    return {'matrix products': products, 'bare gather': gather, 'bare write': write}
+    return products
 
 
 def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> None:
-    """Time the head step beside its bare operations (interleaved) and print how far each phase is from its own."""
-    operations = bare_operations(bench)
-    times = interleaved_rounds({'head step': bench, **operations}, args.rounds, args.steps_per_round,
-                               bench.device,
-                               prepare={name: bench.draw_indices if name == 'head step' else (lambda: None)
-                                        for name in ['head step', *operations]})
+    """Time the head step beside its matrix products (interleaved) and print how far it and its phases are."""
+    times = interleaved_rounds({'head step': bench, 'matrix products': matrix_products(bench)}, args.rounds,
+                               args.steps_per_round, bench.device, prepare={'head step': bench.draw_indices})
     seconds = {name: median(values) for name, values in times.items()}
     ratio = seconds['head step'] / seconds['matrix products']
     verdict = 'met' if ratio <= MATMUL_GOAL else 'NOT met'
-    print(f'\nN={count_label(num_rows)}: head step against its bare operations (interleaved, {args.rounds} rounds x '
+    print(f'\nN={count_label(num_rows)}: head step against its matrix products (interleaved, {args.rounds} rounds x '
           f'{args.steps_per_round} steps; median ms)')
     print_table(['operation', 'median ms', 'IQR'],
                 [[name, f'{1000 * seconds[name]:.1f}', spread(times[name])] for name in times])
     print(f'head step / matrix products = {ratio:.2f}: goal <= {MATMUL_GOAL} {verdict}')
     profile = instrument(bench, args.profile_steps).phase_milliseconds
     compute = profile['logits + loss'] + profile['backward']
-    phases = [('logits + loss + backward', compute, 'matrix products'), ('gather', profile['gather'], 'bare gather'),
-              ('write back', profile['write back'], 'bare write')]
-    print(f'phases against their bare operation (instrumented, mean of {args.profile_steps} steps):')
-    print_table(['phase', 'ms', 'bare operation', 'bare ms', 'phase / bare'],
-                [[phase, f'{ms:.2f}', bare, f'{1000 * seconds[bare]:.2f}', f'{ms / (1000 * seconds[bare]):.2f}']
-                 for phase, ms, bare in phases])
-    rest = sum(profile.values()) - sum(ms for _, ms, _ in phases)
-    print(f'the other phases (recent classes, correction, SGD update): {rest:.1f} ms')
-    floor = sum(seconds[name] for name in operations) / seconds['matrix products']
-    verdict = 'reachable' if floor <= MATMUL_GOAL else 'out of reach on this machine'
-    print(f'a step of nothing but its bare operations (products + gather + write) = {floor:.2f}x the matrix '
-          f'products: goal <= {MATMUL_GOAL} {verdict}')
+    print(f'phases (instrumented, mean of {args.profile_steps} steps): logits + loss + backward {compute:.2f} ms = '
+          f'{compute / (1000 * seconds["matrix products"]):.2f}x the products; the rest '
+          f'{sum(profile.values()) - compute:.2f} ms (' + ', '.join(
+              f'{phase} {ms:.2f}' for phase, ms in profile.items() if phase not in ('logits + loss', 'backward'))
+          + ')')
 
 
 def count_label(count: int) -> str:

@@ -33,7 +33,7 @@ def compute_device(model: nn.Module, head: nn.Module) -> torch.device:
     if tensor is not None:
         return tensor.device
     rows = getattr(head, 'rows', getattr(head, 'bank', None))
-    return rows.weight.device if rows is not None else torch.device('cpu')
+    return rows.device if rows is not None else torch.device('cpu')
 
 
 def loader_batch_size(loader: DataLoader) -> int:

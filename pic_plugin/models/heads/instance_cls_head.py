@@ -15,17 +15,22 @@ from ..utils.row_storage import to_device
 from ..utils.targets import HardClassTargets, OneHotTargets
 
 NEGATIVE_MODES = ('full', 'recent')
+# The logit of a column without a class (an empty slot of the recent negatives): its soft-max probability is
+# exactly 0 in float32 and float64 (the exponential underflows), and, being finite, a zero gradient times it stays 0.
+EMPTY_COLUMN_LOGIT = -1e4
 
 
 class _CosineLogits(torch.autograd.Function):
-    """``z_hat W^T diag(1 / |w_c|) / tau`` with a backward that makes one pass over the rows besides its product."""
+    """``z_hat W^T diag(1 / |w_c|) / tau (+ offsets)`` with a backward that makes one pass over the rows besides its
+    product."""
 
     @staticmethod
-    def forward(ctx, unit_feats: Tensor, weight: Tensor, temperature: float) -> Tensor:
+    def forward(ctx, unit_feats: Tensor, weight: Tensor, temperature: float, offsets: Optional[Tensor]) -> Tensor:
         # the norms in float32 and float32 logits also when the product runs in bfloat16 / float16 (autocast)
         scales = weight.norm(dim=1, dtype=torch.promote_types(weight.dtype, torch.float32))
         scales = scales.clamp_min(1e-12).reciprocal() / temperature  # (C,), F.normalize's eps
-        logits = (unit_feats @ weight.t()) * scales  # (B, D) x (D, C) -> (B, C)
+        product = unit_feats @ weight.t()  # (B, D) x (D, C) -> (B, C)
+        logits = product * scales if offsets is None else torch.addcmul(offsets, product, scales)
         ctx.save_for_backward(unit_feats, weight, scales, logits)
         ctx.temperature = temperature
         return logits
@@ -37,26 +42,29 @@ class _CosineLogits(torch.autograd.Function):
         scaled = (grad * scales).to(weight.dtype)  # (B, C)
         grad_feats = scaled @ weight  # (B, D)
         if not ctx.needs_input_grad[1]:  # detached rows (the small crops of multi-crop): no row gradient to form
-            return grad_feats, None, None
-        # d logit_bc / d w_c = z_hat_b * s_c - logit_bc * w_c / |w_c|^2, and 1 / |w_c|^2 = (s_c tau)^2
+            return grad_feats, None, None, None
+        # d logit_bc / d w_c = z_hat_b * s_c - logit_bc * w_c / |w_c|^2, and 1 / |w_c|^2 = (s_c tau)^2 (an offset
+        # column's gradient is 0: its soft-max probability is)
         radial = (grad * logits).sum(dim=0) * (scales * ctx.temperature).square()  # (C,)
         grad_weight = (scaled.t() @ unit_feats).addcmul_(weight, radial[:, None].to(weight.dtype), value=-1)
-        return grad_feats, grad_weight, None
+        return grad_feats, grad_weight, None, None
 
 
-def cosine_logits(feats: Tensor, weight: Tensor, temperature: float) -> Tensor:
+def cosine_logits(feats: Tensor, weight: Tensor, temperature: float, offsets: Optional[Tensor] = None) -> Tensor:
     """``cos(z_i, w_c) / tau`` (PIC Eq. 1): ``(B, D), (C, D) -> (B, C)``.
 
     The rows are not normalised as a ``(C, D)`` copy: the products with the normalised features are scaled by
     the rows' inverse norms, column by column (``C`` can be 65k rows against a batch of 64, so this saves several
     passes over the rows, forward and backward). Under autocast the product runs in the autocast type.
+    ``offsets`` ``(C,)``, optional, are added to every row of logits in the same pass: ``EMPTY_COLUMN_LOGIT``
+    takes a column out of the soft-max, 0 leaves it.
     """
     unit_feats = F.normalize(feats, dim=1)
     if torch.is_autocast_enabled(feats.device.type):
         dtype = torch.get_autocast_dtype(feats.device.type)
         with torch.autocast(feats.device.type, enabled=False):
-            return _CosineLogits.apply(unit_feats.to(dtype), weight.to(dtype), temperature)
-    return _CosineLogits.apply(unit_feats, weight, temperature)
+            return _CosineLogits.apply(unit_feats.to(dtype), weight.to(dtype), temperature, offsets)
+    return _CosineLogits.apply(unit_feats, weight, temperature, offsets)
 
 
 @MODELS.register_module()
@@ -80,7 +88,10 @@ class InstanceClsHead(BaseModule):
       PIC Sec. 2.3), so that a step's cost does not grow with ``N``.
 
     The rows are :class:`LazySGDRows`: those a step uses are gathered, brought to the current step and, after
-    ``backward``, updated by PIC Eq. 2 (``LazyCorrectedSGD`` calls their ``step``). Negative selection
+    ``backward``, updated by PIC Eq. 2 (``LazyCorrectedSGD`` calls their ``step``). With recent negatives the
+    classes come in slots that follow the FIFO and their rows stay on the compute device from one step to the next
+    (``LazySGDRows.rows_in_slots``): a step gathers and writes back only the rows that enter and leave the slots,
+    and the logits of a slot without a class are masked out of the soft-max. Negative selection
     (:class:`AllNegatives` / :class:`RecentNegatives`) and targets (:class:`OneHotTargets` /
     :class:`HardClassTargets`) are parts of their own; ``loss`` is one step from top to bottom.
 
@@ -240,12 +251,15 @@ class InstanceClsHead(BaseModule):
             if self.sharded:  # (B_d, D), (B_d,) of the global batch
                 detached_feats, detached_sample_idx = self._gather_global_batch(detached_feats, detached_sample_idx)
             detached_positions = self._columns_of(detached_sample_idx, classes)  # (B_d,)
-        weight = self.rows.rows_for_step(classes, feats.device)  # (C_r, D), brought to this step
-        logits = cosine_logits(feats, weight, self.temperature)  # (B, C_r)
+        take_rows = self.rows.rows_in_slots if self.negatives.slotted else self.rows.rows_for_step
+        weight = take_rows(classes, feats.device)  # (C_r, D), brought to this step
+        offsets = self._column_offsets(classes, feats.device)  # (C_r,) or None: out of the soft-max where empty
+        logits = cosine_logits(feats, weight, self.temperature, offsets)  # (B, C_r)
         target_columns, target_weights = self.targets(to_device(positions, feats.device), weight.shape[0],
                                                       self.rows)  # (B, T) each
         if detached_feats is not None:  # the same rows, without gradient: no second update, no second FIFO entry
-            detached_logits = cosine_logits(detached_feats, weight.detach(), self.temperature)  # (B_d, C_r)
+            detached_logits = cosine_logits(detached_feats, weight.detach(), self.temperature,
+                                            offsets)  # (B_d, C_r)
             detached_columns, detached_weights = self.targets(to_device(detached_positions, feats.device),
                                                               weight.shape[0], self.rows)
             logits = torch.cat([logits, detached_logits])  # (B + B_d, C_r)
@@ -263,22 +277,30 @@ class InstanceClsHead(BaseModule):
         sizes = all_sizes(sample_idx, group)
         return all_gather_rows_with_grad(feats, sizes), all_gather_rows(sample_idx, group, sizes)
 
+    @staticmethod
+    def _column_offsets(classes: Tensor, device: torch.device) -> Optional[Tensor]:
+        """``EMPTY_COLUMN_LOGIT`` for the host ``classes`` that are -1 (slots without a class) and 0 for the others,
+        ``(C_r,)`` float32 on ``device``; None when every slot holds a class."""
+        empty = classes < 0
+        if not bool(empty.any()):
+            return None
+        return to_device(empty.float() * EMPTY_COLUMN_LOGIT, device)
+
     def _columns_of(self, sample_idx: Tensor, classes: Tensor) -> Tensor:
         """Each instance's column among a step's classes, ``(B,)``: -1 where another rank's shard holds it.
 
         Args:
             sample_idx (Tensor): ``(B,)`` global instance indices.
-            classes (Tensor): ``(C_r,)`` the step's sorted local rows, as the negative selection returns them.
+            classes (Tensor): ``(C_r,)`` the step's local rows, as the negative selection returns them.
 
         Raises:
             ValueError: If the table is not sharded and an instance is not among the classes.
         """
-        global_classes = classes + self.rows.row_offset  # (C_r,), sorted
-        columns = torch.searchsorted(global_classes, sample_idx).clamp(max=len(global_classes) - 1)  # (B,)
-        found = global_classes[columns] == sample_idx  # (B,)
+        columns = self.negatives.columns_of(sample_idx, classes, self.rows)  # (B,)
+        found = columns >= 0
         if not self.sharded and not bool(found.all()):
             missing = sample_idx[~found][0].item()
             raise ValueError(f'instance {missing} of the detached views is not among the classes of this step: '
                              "with negatives='recent' a detached view must be another view of an image of the "
                              'batch (its small crop), so that its row is one of the rows the step uses.')
-        return torch.where(found, columns, -1)
+        return columns

@@ -183,14 +183,14 @@ class MemoryBankNCE(HostStateMixin, BaseModule):
 
     def _softmax_loss(self, features: Tensor, local_indices: Tensor) -> Tensor:
         """Eq. 2-3: cross-entropy of ``v_j^T f / tau`` over all ``N`` bank rows."""
-        all_rows = self.bank.gather(torch.arange(self.num_classes, device=self.bank.weight.device), features.device)
+        all_rows = self.bank.gather(torch.arange(self.num_classes, device=self.bank.device), features.device)
         logits = at_least_float32(features @ all_rows.t()) / self.temperature  # (B, D) x (D, N) -> (B, N)
         return F.cross_entropy(logits, to_device(local_indices, features.device))
 
     def _nce_loss(self, features: Tensor, positives: Tensor) -> Tensor:
         """Eq. 4-7 with the positive row and ``m`` uniformly drawn noise rows per feature."""
         batch_size, dim = features.shape
-        noise_indices = self._draw_noise(batch_size, self.bank.weight.device)  # (B, m), where the bank lives
+        noise_indices = self._draw_noise(batch_size, self.bank.device)  # (B, m), where the bank lives
         noise_rows = self.bank.gather(noise_indices.flatten(), features.device).view(batch_size, -1, dim)
         # float32 logits also under autocast (the bmm may run in bfloat16 / float16): the softplus terms sum m of them
         positive_logits = at_least_float32((positives * features).sum(dim=1)) / self.temperature  # (B,)

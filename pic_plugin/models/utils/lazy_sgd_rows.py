@@ -143,14 +143,62 @@ class TransitionProducts:
         self._num_built = self.num_steps
 
 
+class SlotChanges(NamedTuple):
+    """How the rows in fixed slots change from one step to the next (host slot positions, see
+    :func:`slot_changes`)."""
+
+    arriving: Tensor  # (A,) slots that take a row from the table
+    moves_from: Tensor  # (M,) slots whose row moves ...
+    moves_to: Tensor  # (M,) ... to these slots
+    leaving: Tensor  # (L,) slots whose row goes back to the table
+
+
+def slot_changes(before: Tensor, after: Tensor) -> SlotChanges:
+    """Compare two layouts of rows in slots, ``(R,)`` each (a row in at most one slot, -1 for none).
+
+    A row of ``after`` not in ``before`` arrives; one in both, at another slot, moves; one of ``before`` not in
+    ``after`` leaves. Only the changed slots are compared (a row in an unchanged slot is in no other slot).
+    """
+    changed = (before != after).nonzero().squeeze(1)  # (X,)
+    if changed.numel() == 0:
+        return SlotChanges(changed, changed, changed, changed)
+    old, new = before[changed], after[changed]  # (X,) each, -1 for none
+    order = torch.argsort(old)
+    sorted_old = old[order]
+    at = torch.searchsorted(sorted_old, new).clamp(max=len(old) - 1)  # (X,)
+    moved = (new >= 0) & (sorted_old[at] == new)  # (X,) the new row was in ``before``
+    stays = torch.isin(old, new[moved])  # (X,) the old row is in ``after`` elsewhere
+    return SlotChanges(arriving=changed[(new >= 0) & ~moved], moves_from=changed[order[at[moved]]],
+                       moves_to=changed[moved], leaving=changed[(old >= 0) & ~stays])
+
+
 class HandedOut(NamedTuple):
-    """The rows of one training step, between :meth:`LazySGDRows.rows_for_step` and :meth:`LazySGDRows.step`.
+    """The rows of one training step, between :meth:`LazySGDRows.rows_for_step` (or ``rows_in_slots``) and
+    :meth:`LazySGDRows.step`.
 
     Attributes:
-        local_indices (Tensor): ``(R,)`` row positions inside this rank's shard, on the host.
+        local_indices (Tensor): ``(R,)`` row positions inside this rank's shard, on the host; -1 marks a slot
+            without a row (``rows_in_slots``).
         weight (Tensor): ``(R, D)`` leaf tensor on the compute device that requires grad; after ``backward``
             its ``.grad`` is the loss gradient of these rows.
         momentum (Tensor): ``(R, D)`` SGD momentum of these rows, brought to the current step.
+        kept (bool): The rows stay on the compute device after the step (``rows_in_slots``): the step updates
+            them where they are and writes nothing back. Defaults to False.
+    """
+
+    local_indices: Tensor
+    weight: Tensor
+    momentum: Tensor
+    kept: bool = False
+
+
+class KeptRows(NamedTuple):
+    """Rows kept on the compute device from one step to the next, slot by slot (``LazySGDRows.rows_in_slots``).
+
+    Attributes:
+        local_indices (Tensor): ``(R,)`` the row in each slot, on the host; -1 where a slot holds none.
+        weight (Tensor): ``(R, D)`` the rows, current: they take every step.
+        momentum (Tensor): ``(R, D)`` their SGD momentum.
     """
 
     local_indices: Tensor
@@ -202,6 +250,7 @@ class LazySGDRows(RowStorage):
                          host_columns=('last_step', ))
         self.transitions = TransitionProducts()
         self.handed_out: Optional[HandedOut] = None
+        self.kept: Optional[KeptRows] = None
 
     @property
     def num_steps(self) -> int:
@@ -222,19 +271,110 @@ class LazySGDRows(RowStorage):
         Raises:
             RuntimeError: If the rows of the previous step were never stepped.
         """
+        self._check_stepped()
+        self.return_kept_rows()
+        local_indices = local_indices.cpu()
+        weight, momentum = self._gather_current(local_indices, device)
+        weight.requires_grad_(True)
+        self.handed_out = HandedOut(local_indices, weight, momentum)
+        return weight
+
+    def rows_in_slots(self, slots: Tensor, device: torch.device) -> Tensor:
+        """Like :meth:`rows_for_step`, for rows in fixed slots that stay on ``device`` from one step to the next.
+
+        With recent negatives (PIC Sec. 2.3) consecutive steps share all but about ``2 G`` of their ``K + G``
+        rows (``G`` the global batch): the slots follow the recent-negative FIFO, so a row keeps its slot while it
+        is recent. Between two steps a row that leaves the slots is written back to the table (it is current:
+        kept rows take every step), one that arrives is gathered and brought forward by PIC Eq. 3, and one that
+        changes slots (the last batch, entering the FIFO) moves on the device; the others stay where they are, and
+        :meth:`step` updates them in place (Eq. 2). A step therefore moves about ``2 G`` rows between the table
+        and ``device``, not ``2 (K + G)``. The table is whole again whenever it is read from outside a step
+        (:meth:`columns`, ``rows.weight``, a checkpoint).
+
+        Args:
+            slots (Tensor): ``(R,)`` distinct row positions in this rank's shard, on the host; -1 for a slot
+                without a row (its row is not used: the caller masks its logits).
+            device (torch.device): Where the loss is computed.
+
+        Returns:
+            Tensor: ``(R, D)`` leaf weights that require grad, slot by slot; the loss must be built from them.
+        """
+        self._check_stepped()
+        slots = slots.cpu()
+        kept = self.kept
+        if kept is None or kept.local_indices.shape != slots.shape or kept.weight.device != torch.device(device):
+            self.return_kept_rows()
+            empty = torch.zeros(len(slots), self.dim, dtype=self._columns['weight'].dtype, device=device)
+            kept = KeptRows(torch.full_like(slots, -1), empty, empty.clone())
+        changes = slot_changes(kept.local_indices, slots)
+        # new rows first: their gather waits only for the write-backs of earlier steps
+        arriving = self._gather_current(slots[changes.arriving], device)  # (A, D) each
+        moving = self._slot_rows(kept, changes.moves_from)  # rows that change slots move on the device
+        self._write_slots(kept.local_indices, *self._slot_rows(kept, changes.leaving), self.num_steps,
+                          changes.leaving)
+        for to, (weight, momentum) in ((changes.arriving, arriving), (changes.moves_to, moving)):
+            if to.numel():
+                on_device = to_device(to, device)
+                kept.weight.index_copy_(0, on_device, weight)
+                kept.momentum.index_copy_(0, on_device, momentum)
+        self.kept = KeptRows(slots, kept.weight, kept.momentum)
+        weight = kept.weight.detach().requires_grad_(True)  # a leaf on the kept rows' memory
+        self.handed_out = HandedOut(slots, weight, kept.momentum, kept=True)
+        return weight
+
+    @staticmethod
+    def _slot_rows(kept: KeptRows, slots: Tensor) -> Tuple[Tensor, Tensor]:
+        """Copies of the kept rows and momentum in host ``slots``: ``(S,) -> (S, D), (S, D)``."""
+        on_device = to_device(slots, kept.weight.device)
+        return kept.weight.index_select(0, on_device), kept.momentum.index_select(0, on_device)
+
+    def return_kept_rows(self) -> None:
+        """Write the rows that :meth:`rows_in_slots` keeps on the device back into the table, and forget them.
+
+        Rows handed out to a step that is still running are then written back by its :meth:`step`.
+        """
+        kept, self.kept = self.kept, None
+        if kept is None:
+            return
+        self._write_slots(kept.local_indices, kept.weight, kept.momentum, self.num_steps)
+        if self.handed_out is not None and self.handed_out.kept:
+            self.handed_out = self.handed_out._replace(kept=False)
+
+    def columns(self) -> Dict[str, Tensor]:
+        """The whole table by column, with the rows kept on the device written back (see ``RowStorage``)."""
+        self.return_kept_rows()
+        return super().columns()
+
+    def _check_stepped(self) -> None:
         if self.handed_out is not None:
             raise RuntimeError(
                 'The instance rows used in the previous training step were never updated: in a runner, the '
                 "config's optim_wrapper must train them (type='OptimWrapper' with "
                 "constructor='LazyCorrectedSGDConstructor', or type='LazyCorrectedSGD'); in plain PyTorch, call "
                 'rows.step(...) or LazyCorrectedSGD.update_params after each loss.')
-        local_indices = local_indices.cpu()
-        weight, momentum = self.bring_forward(self.gather(local_indices, device),
-                                              self.gather(local_indices, device, 'momentum'),
-                                              self.last_step.index_select(0, local_indices))
-        weight.requires_grad_(True)
-        self.handed_out = HandedOut(local_indices, weight, momentum)
-        return weight
+
+    def _gather_current(self, local_indices: Tensor, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """Gather host-indexed rows and their momentum to ``device``, brought to the current step (Eq. 3)."""
+        return self.bring_forward(self.gather(local_indices, device), self.gather(local_indices, device, 'momentum'),
+                                  self._columns['last_step'].index_select(0, local_indices))
+
+    def _write_slots(self, slots: Tensor, weight: Tensor, momentum: Tensor, last_step: int,
+                     which: Optional[Tensor] = None) -> None:
+        """Write rows into the table as of step ``last_step``.
+
+        Either ``weight[j]`` is local row ``slots[j]`` (-1 for none) and every slot that holds a row is written,
+        or ``which`` gives the host slots of the rows ``weight`` holds, in order.
+        """
+        if which is None:
+            which = (slots >= 0).nonzero().squeeze(1)  # (W,)
+            if which.numel() < slots.numel():
+                on_device = to_device(which, weight.device)
+                weight, momentum = weight.index_select(0, on_device), momentum.index_select(0, on_device)
+        if which.numel() == 0:
+            return
+        local_indices = slots[which]
+        self.write(local_indices, weight=weight, momentum=momentum,
+                   last_step=torch.full_like(local_indices, last_step))
 
     def bring_forward(self, weight: Tensor, momentum: Tensor, last_step: Tensor) -> Tuple[Tensor, Tensor]:
         """Bring rows to the current step as if every step they skipped had updated them (PIC Eq. 3).
@@ -297,11 +437,12 @@ class LazySGDRows(RowStorage):
         step_direction = grad.add_(weight, alpha=weight_decay)  # g + lambda * w
         new_momentum = rows.momentum.mul_(momentum).add_(step_direction)  # m * u + (g + lambda * w)
         new_weight = weight.sub_(new_momentum, alpha=lr)  # w - eta * u
-        next_step = torch.full_like(rows.local_indices, self.num_steps + 1)
-        self.write(rows.local_indices, weight=new_weight, momentum=new_momentum, last_step=next_step)
+        if not rows.kept:  # kept rows were updated where they stay
+            self._write_slots(rows.local_indices, new_weight, new_momentum, self.num_steps + 1)
 
     def assign(self, local_indices: Tensor, weight: Tensor) -> None:
         """Give rows new values with zero momentum, as of the current step (the contrastive prior)."""
+        self.return_kept_rows()
         self.write(local_indices, weight=weight, momentum=torch.zeros_like(weight),
                    last_step=torch.full_like(local_indices, self.num_steps))
 
@@ -311,12 +452,11 @@ class LazySGDRows(RowStorage):
         Call it between steps, before reading the rows themselves (the hard-class search, export, checkpoint
         converters); training does not need it.
         """
-        device = self.weight.device
+        self.return_kept_rows()
+        device = self.device
         for first in range(0, self.num_local_rows, chunk_size):
             local_indices = torch.arange(first, min(first + chunk_size, self.num_local_rows))
-            weight, momentum = self.bring_forward(self.gather(local_indices, device),
-                                                  self.gather(local_indices, device, 'momentum'),
-                                                  self.last_step.index_select(0, local_indices))
+            weight, momentum = self._gather_current(local_indices, device)
             self.write(local_indices, weight=weight, momentum=momentum,
                        last_step=torch.full_like(local_indices, self.num_steps))
 

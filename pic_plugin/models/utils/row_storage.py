@@ -199,19 +199,41 @@ class RowStorage(nn.Module):
         shapes = {'weight': ((dim, ), dtype), **(columns or {})}
         self.column_names = tuple(shapes)
         self.host_columns = tuple(host_columns)
+        # the per-row tensors by name; reading one as an attribute (``rows.weight``) goes through columns()
+        self._columns: Dict[str, Tensor] = {}
         # writes of host rows copied back from a GPU: (column, host indices, pinned rows, the copy's CUDA event)
         self._pending_writes: List[Tuple[str, Tensor, Tensor, torch.cuda.Event]] = []
         pin = placement == 'host' and torch.cuda.is_available()
         self._check_host_memory(shapes, pin)
         for name, (trailing, column_dtype) in shapes.items():
-            setattr(self, name, torch.zeros((self.num_local_rows, ) + tuple(trailing), dtype=column_dtype,
-                                            pin_memory=pin and name not in self.host_columns))
+            self._columns[name] = torch.zeros((self.num_local_rows, ) + tuple(trailing), dtype=column_dtype,
+                                              pin_memory=pin and name not in self.host_columns)
+        weight = self._columns['weight']
         seed = int(torch.randint(2**62, ()))  # alike on all ranks, as the runner seeds them (diff_rank_seed=False)
-        fill_standard_normal_rows(self.weight, self.row_offset, seed)
+        fill_standard_normal_rows(weight, self.row_offset, seed)
         if init == 'normal':
-            self.weight.mul_(init_std)
+            weight.mul_(init_std)
         else:
-            self.weight.copy_(nn.functional.normalize(self.weight, dim=1))
+            weight.copy_(nn.functional.normalize(weight, dim=1))
+
+    def __getattr__(self, name: str):
+        """A column read as an attribute (``rows.weight``) is :meth:`columns`'s: the table with every row in it."""
+        columns = self.__dict__.get('_columns')
+        if columns is not None and name in columns:
+            return self.columns()[name]
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        columns = self.__dict__.get('_columns')
+        if columns is not None and name in columns:
+            raise AttributeError(f'{name!r} is a column of the table and cannot be replaced: change its rows with '
+                                 f'write(...), or in place through columns()[{name!r}].')
+        super().__setattr__(name, value)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the rows live (``'weight'``'s device)."""
+        return self._columns['weight'].device
 
     def _check_host_memory(self, shapes: Dict[str, Tuple[Tuple[int, ...], torch.dtype]], pin: bool) -> None:
         """Refuse a table larger than the host memory that is available, saying how much it needs.
@@ -249,18 +271,19 @@ class RowStorage(nn.Module):
                 f'local_rows=[{self.row_offset}, {self.row_offset + self.num_local_rows})')
 
     def columns(self) -> Dict[str, Tensor]:
-        """This rank's per-row tensors by name, ``'weight'`` first, with every write done."""
+        """This rank's per-row tensors by name, ``'weight'`` first, with every write done: the whole table, for
+        reads and writes from outside a training step (hooks, checkpoints, tests)."""
         self.finish_writes()
-        return {name: getattr(self, name) for name in self.column_names}
+        return dict(self._columns)
 
     def place_on(self, device: torch.device) -> None:
         """With ``placement='device'``, move the rows to ``device`` (the features' device) once; the
         ``host_columns`` stay."""
-        if self.placement == 'device' and self.weight.device != device:
+        if self.placement == 'device' and self.device != device:
             self._check_device_memory(device)
             for name, tensor in self.columns().items():
                 if name not in self.host_columns:
-                    setattr(self, name, tensor.to(device))
+                    self._columns[name] = tensor.to(device)
 
     def check_range(self, global_indices: Tensor) -> None:
         """Raise on every rank if a global row index (a dataset ``sample_idx``) of any rank lies outside
@@ -302,7 +325,7 @@ class RowStorage(nn.Module):
         Host rows bound for a GPU are gathered into pinned memory, so their copy does not block.
         """
         self.finish_writes()
-        column = getattr(self, name)
+        column = self._columns[name]
         local_indices = to_device(local_indices, column.device)
         if column.device.type == 'cpu' and torch.device(device).type == 'cuda':
             staged = torch.empty((local_indices.numel(), ) + column.shape[1:], dtype=column.dtype, pin_memory=True)
@@ -317,7 +340,7 @@ class RowStorage(nn.Module):
         """
         self.finish_writes()
         for name, rows in values.items():
-            column = getattr(self, name)
+            column = self._columns[name]
             indices = to_device(local_indices, column.device)
             if column.device.type == 'cpu' and rows.device.type == 'cuda':
                 staged = torch.empty(rows.shape, dtype=column.dtype, pin_memory=True)
@@ -330,7 +353,7 @@ class RowStorage(nn.Module):
         pending, self._pending_writes = self._pending_writes, []
         for name, indices, staged, copied in pending:
             copied.synchronize()
-            getattr(self, name).index_copy_(0, indices, staged)
+            self._columns[name].index_copy_(0, indices, staged)
 
     def assign(self, local_indices: Tensor, weight: Tensor) -> None:
         """Give rows new values from outside their update rule (the contrastive prior): here, a plain write."""

@@ -56,7 +56,7 @@ class HardClassTargets(OneHotTargets):
     def allocate(self, rows: RowStorage) -> None:
         """Room for the hard classes of this rank's rows, none known yet."""
         self.register_buffer('hard_classes', torch.full((rows.num_local_rows, self.num_hard_classes), -1,
-                                                        dtype=torch.long, device=rows.weight.device),
+                                                        dtype=torch.long, device=rows.device),
                              persistent=False)
 
     def set_hard_classes(self, hard_classes: Tensor) -> None:

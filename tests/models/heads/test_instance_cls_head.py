@@ -129,11 +129,14 @@ def test_recent_negatives_use_the_batch_and_the_k_most_recent_positives():
         feats = torch.randn(3, 4)
         loss = head.loss(feats, batch)['loss']
         used = head.rows.handed_out
-        classes = used.local_indices
+        live = used.local_indices >= 0  # slots without a class are out of the soft-max
+        classes = used.local_indices[live]
         expected = torch.unique(torch.cat([batch, torch.tensor(seen[-6:], dtype=torch.long)]))
-        assert torch.equal(classes, expected)
-        rows = used.weight.detach().double()  # Eq. 1 over exactly these rows (brought to this step), in float64
-        reference = cosine_softmax_loss(feats.double(), rows, torch.searchsorted(classes, batch), 0.2).item()
+        assert torch.equal(classes.sort().values, expected) and len(used.local_indices) == 6 + 3  # K + B slots
+        assert used.kept  # the rows stay in their slots for the next step
+        rows = used.weight.detach().double()[live]  # Eq. 1 over exactly these rows (brought to this step), float64
+        targets = (classes[:, None] == batch).long().argmax(0)  # (B,) each image's column among the classes
+        reference = cosine_softmax_loss(feats.double(), rows, targets, 0.2).item()
         assert abs(loss.item() - reference) <= cross_entropy_error(cosine_logit_error(4, 0.2), len(classes),
                                                                    len(batch), reference)
         loss.backward()
@@ -281,12 +284,14 @@ def test_detached_views_are_scored_against_the_step_rows_and_give_them_no_gradie
     loss = head.loss(feats, sample_idx, detached_feats=small, detached_sample_idx=small_idx)['loss']
     loss.backward()
     used = head.rows.handed_out
-    classes = torch.arange(30) if negatives == 'full' else torch.unique(sample_idx)  # the FIFO was empty
-    assert torch.equal(used.local_indices, classes)  # the large crops' classes: the small ones add none
+    # the large crops' classes (the small ones add none): every row, or the batch's slots after the empty FIFO's
+    classes = torch.arange(30) if negatives == 'full' else torch.cat([torch.full((6, ), -1), sample_idx])
+    assert torch.equal(used.local_indices, classes)
+    live = classes >= 0
 
-    rows = used.weight.detach().clone().requires_grad_(True)
+    rows = used.weight.detach()[live].clone().requires_grad_(True)
     reference_feats, reference_small = feats.detach().requires_grad_(True), small.detach().requires_grad_(True)
-    targets = torch.searchsorted(classes, sample_idx)
+    targets = torch.searchsorted(classes[live], sample_idx) if negatives == 'full' else torch.arange(4)
     logits = torch.cat([cosine_logits(reference_feats, rows, 0.2), cosine_logits(reference_small, rows.detach(), 0.2)])
     reference = F.cross_entropy(logits, targets.repeat(4))  # the mean over all 16 crops, as the release
     reference.backward()
@@ -294,11 +299,12 @@ def test_detached_views_are_scored_against_the_step_rows_and_give_them_no_gradie
     torch.testing.assert_close(feats.grad, reference_feats.grad, rtol=0, atol=1e-12)
     torch.testing.assert_close(small.grad, reference_small.grad, rtol=0, atol=1e-12)
     assert small.grad.abs().min() > 0  # every small crop is trained
-    torch.testing.assert_close(used.weight.grad, rows.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(used.weight.grad[live], rows.grad, rtol=0, atol=1e-12)
+    assert not used.weight.grad[~live].any()  # the empty slots' rows get nothing
     # the rows' gradient is the large crops' alone, at their share 4 / 16 of the samples
-    large_only = used.weight.detach().clone().requires_grad_(True)
+    large_only = used.weight.detach()[live].clone().requires_grad_(True)
     (cosine_softmax_loss(feats.detach(), large_only, targets, 0.2) * 4 / 16).backward()
-    torch.testing.assert_close(used.weight.grad, large_only.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(used.weight.grad[live], large_only.grad, rtol=0, atol=1e-12)
 
 
 def multi_crop_steps(small_feats, steps=2, loss_scale=1.):

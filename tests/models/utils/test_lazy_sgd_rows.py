@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from distributed import run_distributed
-from pic_plugin.models.utils import LazySGDRows
+from pic_plugin.models.utils import LazySGDRows, RecentNegatives
 from pic_plugin.models.utils import row_storage as row_storage_module
-from pic_plugin.models.utils.lazy_sgd_rows import HandedOut
+from pic_plugin.models.utils.lazy_sgd_rows import HandedOut, slot_changes
 
 NUM_ROWS, DIM = 40, 3
 CPU = torch.device('cpu')
@@ -277,3 +277,93 @@ def test_replicated_rows_step_with_the_gradient_averaged_over_ranks():
         torch.testing.assert_close(weight, rows.weight, rtol=0, atol=1e-15)
         torch.testing.assert_close(momentum, rows.momentum, rtol=0, atol=1e-15)
     assert torch.equal(ranks[0][0], ranks[1][0])  # the replicas stay identical
+
+
+def slotted_training(num_steps: int, read_between=(), read_within=(), num_negatives: int = 8, batch: int = 4):
+    """Rows in the ``K + G`` slots of the recent negatives (a FIFO of ``K``, then the batch of ``G``) trained
+    through ``rows_in_slots``, and by dense torch.optim.SGD over the whole table (zero gradients for the rows in no
+    slot). The table is read from outside after the steps ``read_between`` and between backward and ``step`` at
+    ``read_within``. Returns the lazy rows brought forward, the dense weight and momentum, and per step the rows
+    gathered from the table and the slots that hold a row."""
+    rows = float64_rows()
+    dense = torch.nn.Parameter(rows.weight.clone())
+    optimizer = torch.optim.SGD([dense], lr=1.0, momentum=0.9, weight_decay=1e-2)
+    negatives = RecentNegatives(num_negatives)
+    generator = torch.Generator().manual_seed(1)
+    gathered, live_slots = [], []
+    gather = rows.gather
+
+    def counting_gather(local_indices, device, name='weight'):
+        if name == 'weight':
+            gathered[-1] += local_indices.numel()
+        return gather(local_indices, device, name)
+
+    rows.gather = counting_gather
+    for step in range(num_steps):
+        gathered.append(0)
+        lr, momentum, weight_decay = schedule(step)
+        slots, _ = negatives(torch.randperm(NUM_ROWS, generator=generator)[:batch], rows)  # (K + G,)
+        live = slots >= 0
+        live_slots.append(int(live.sum()))
+        grads = torch.randn(len(slots), DIM, generator=generator, dtype=F64) * live[:, None]  # none for empty slots
+        weight = rows.rows_in_slots(slots, CPU)
+        (weight * grads).sum().backward()
+        if step in read_within:
+            rows.columns()
+        rows.step(lr, momentum, weight_decay)
+        if step in read_between:
+            table = rows.weight  # the whole table, the kept rows handed back into it
+            assert rows.kept is None and table.shape == (NUM_ROWS, DIM)
+        optimizer.param_groups[0].update(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        dense.grad = torch.zeros_like(dense).index_put_((slots[live], ), grads[live])
+        optimizer.step()
+    rows.gather = gather
+    rows.bring_all_forward()
+    return rows, dense.detach(), optimizer.state[dense]['momentum_buffer'], (gathered, live_slots)
+
+
+@pytest.mark.parametrize('reads', [dict(), dict(read_between=(5, 6, 11)), dict(read_within=(3, 9))])
+def test_rows_kept_in_slots_equal_dense_sgd_whatever_reads_the_table_between_or_within_steps(reads):
+    rows, dense, dense_momentum, _ = slotted_training(20, **reads)
+    torch.testing.assert_close(rows.weight, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(rows.momentum, dense_momentum, rtol=0, atol=1e-12)
+    assert (rows.last_step == 20).all()
+
+
+def test_rows_kept_in_slots_move_only_the_slots_whose_row_changed():
+    """A step gathers at most the ``G`` rows of its batch from the table, not ``K + G`` (the last batch's rows
+    move into the FIFO's slots on the device); after a read of the table from outside, every row again."""
+    _, _, _, (gathered, live_slots) = slotted_training(12, read_between=(7, ))
+    assert all(count <= 4 for count in gathered[:8]) and gathered[0] == 4
+    assert gathered[8] == live_slots[8] > 8  # every row of the step, the table having been read after step 7
+    assert all(count <= 4 for count in gathered[9:])
+
+
+def test_slot_changes_tell_arriving_moving_and_leaving_rows_apart():
+    before = torch.tensor([10, 11, 12, -1, 20, 21])
+    after = torch.tensor([20, 11, 13, 12, -1, 30])  # 20 and 12 move, 13 and 30 arrive, 10 and 21 leave
+    changes = slot_changes(before, after)
+    assert changes.arriving.tolist() == [2, 5]
+    assert sorted(zip(changes.moves_from.tolist(), changes.moves_to.tolist())) == [(2, 3), (4, 0)]
+    assert changes.leaving.tolist() == [0, 5]
+    assert all(t.numel() == 0 for t in slot_changes(before, before.clone()))
+
+
+def test_a_column_read_as_an_attribute_is_the_whole_table_and_cannot_be_replaced():
+    rows = float64_rows()
+    slots = torch.tensor([5, -1, 7])
+    weight = rows.rows_in_slots(slots, CPU)
+    assert weight.shape == (3, DIM) and weight.is_leaf and rows.handed_out.kept
+    weight[[0, 2]].sum().backward()
+    rows.step(0.1, 0.9, 0.0)
+    assert rows.kept is not None
+    assert torch.equal(rows.columns()['last_step'][[5, 7]], torch.tensor([1, 1]))  # written back as of step 1
+    assert rows.kept is None  # columns() handed the kept rows back; the step's update is in the table now
+    rows.rows_in_slots(slots, CPU).sum().backward()
+    rows.step(0.1, 0.9, 0.0)
+    table = rows.weight  # an attribute read is columns()'s too
+    assert rows.kept is None and torch.equal(rows.last_step[[5, 7]], torch.tensor([2, 2]))
+    assert torch.equal(table, rows.columns()['weight'])
+    with pytest.raises(AttributeError, match=r"'weight' is a column of the table and cannot be replaced: change "
+                                             r"its rows with write\(\.\.\.\), or in place through columns\(\)"):
+        rows.weight = torch.zeros(NUM_ROWS, DIM)

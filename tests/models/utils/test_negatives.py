@@ -15,20 +15,27 @@ def test_all_negatives_are_every_local_row_and_a_sample_s_column_is_its_local_ro
     classes, positions = AllNegatives()(torch.tensor([7, 3, 9]), shard)
     assert classes.tolist() == list(range(5))
     assert positions.tolist() == [2, -2, 4]  # row 3 lives on rank 0: outside [0, 5)
+    assert AllNegatives().columns_of(torch.tensor([7, 3, 9]), classes, shard).tolist() == [2, -1, 4]
     AllNegatives().check(1)  # any table size works
 
 
-def test_recent_negatives_are_the_batch_and_the_fifo_in_sorted_order():
+def test_recent_negatives_are_the_fifo_then_the_batch_in_slots_each_instance_once():
+    """Slot ``s < K`` holds FIFO entry ``s``, the next ``G`` slots the batch; -1 for a slot without a class."""
     rows = RowStorage(100, 2)
     negatives = RecentNegatives(5)
     assert negatives.recent_indices.tolist() == [-1] * 5 and int(negatives.recent_head) == 0  # empty slots
     classes, positions = negatives(torch.tensor([12, 10, 11, 10]), rows)  # image 10 twice
-    assert classes.tolist() == [10, 11, 12]  # only the batch: the FIFO is empty
-    assert positions.tolist() == [2, 0, 1, 0] and torch.equal(classes[positions], torch.tensor([12, 10, 11, 10]))
+    assert classes.tolist() == [-1, -1, -1, -1, -1, 12, 10, 11, -1]  # only the batch: the FIFO is empty
+    assert positions.tolist() == [5, 6, 7, 6] and torch.equal(classes[positions], torch.tensor([12, 10, 11, 10]))
     assert negatives.recent_indices.tolist() == [12, 10, 11, 10, -1] and int(negatives.recent_head) == 4
     classes, positions = negatives(torch.tensor([30, 3]), rows)
-    assert classes.tolist() == [3, 10, 11, 12, 30]  # the batch's rows plus the FIFO's, each once
+    assert classes.tolist() == [12, 10, 11, -1, -1, 30, 3]  # the FIFO's rows, then the batch's, each once
     assert torch.equal(classes[positions], torch.tensor([30, 3]))
+    assert negatives.recent_indices.tolist() == [3, 10, 11, 10, 30]  # 30 and 3 entered slots 4 and 0
+    # an instance of the batch that is recent too keeps its FIFO slot; of two FIFO entries, the first counts
+    classes, positions = negatives(torch.tensor([11, 4]), rows)
+    assert classes.tolist() == [3, 10, 11, -1, 30, -1, 4] and positions.tolist() == [2, 6]
+    assert negatives.columns_of(torch.tensor([3, 4, 99]), classes, rows).tolist() == [0, 6, -1]
 
 
 def test_the_fifo_wraps_around_keeping_the_k_most_recent_positives():
@@ -38,7 +45,7 @@ def test_the_fifo_wraps_around_keeping_the_k_most_recent_positives():
     negatives(torch.tensor([20, 21, 22]), rows)  # slots 3, 4, then 0
     assert negatives.recent_indices.tolist() == [22, 11, 12, 20, 21] and int(negatives.recent_head) == 1
     classes, _ = negatives(torch.tensor([40]), rows)
-    assert classes.tolist() == [11, 12, 20, 21, 22, 40]  # 10 is gone: it was the oldest
+    assert classes.tolist() == [22, 11, 12, 20, 21, 40]  # 10 is gone: it was the oldest; each keeps its slot
     assert negatives.recent_indices.tolist() == [22, 40, 12, 20, 21] and int(negatives.recent_head) == 2
     # a batch longer than the FIFO leaves its last K in order
     negatives(torch.arange(50, 57), rows)
