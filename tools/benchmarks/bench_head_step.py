@@ -130,14 +130,24 @@ class StepInstrument:
                                              'written back': 0}
         self.classes_per_step: List[int] = []
         self.steps = 0
+        self._running: List[str] = []  # the timed phases now running, outermost first
 
     def _timed(self, phase: str, function: Callable) -> Callable:
+        """``function`` timed as ``phase``; a phase timed inside another is subtracted from the one around it."""
+
         def wrapper(*args, **kwargs):
             synchronize(self.bench.device)
             start = time.perf_counter()
-            result = function(*args, **kwargs)
+            self._running.append(phase)
+            try:
+                result = function(*args, **kwargs)
+            finally:
+                self._running.pop()
             synchronize(self.bench.device)
-            self.seconds[phase] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds[phase] += elapsed
+            if self._running:
+                self.seconds[self._running[-1]] -= elapsed
             return result
 
         return wrapper
@@ -186,11 +196,8 @@ class StepInstrument:
         self.steps += 1
 
     def profile(self) -> StepProfile:
-        """The means per step; nested phases are subtracted from the phases that call them."""
+        """The means per step (each phase without the phases timed inside it)."""
         milliseconds = {phase: 1000 * seconds / self.steps for phase, seconds in self.seconds.items()}
-        milliseconds['logits + loss'] -= (milliseconds['recent classes'] + milliseconds['gather']
-                                          + milliseconds['correct (Eq. 3)'])
-        milliseconds['SGD update (Eq. 2)'] -= milliseconds['write back']
         return StepProfile(milliseconds, {name: total / self.steps for name, total in self.device_bytes.items()},
                            sum(self.classes_per_step) / self.steps, self.steps)
 
