@@ -24,7 +24,7 @@ import torch
 from mmengine.dist import all_reduce, get_world_size
 from torch import Tensor
 
-from .row_storage import RowStorage, power_of_two_at_least, to_device
+from .row_storage import RowStorage, first_occurrences, lookup_first, power_of_two_at_least, to_device
 
 
 class TransitionProducts:
@@ -163,12 +163,10 @@ def slot_changes(before: Tensor, after: Tensor) -> SlotChanges:
     if changed.numel() == 0:
         return SlotChanges(changed, changed, changed, changed)
     old, new = before[changed], after[changed]  # (X,) each, -1 for none
-    order = torch.argsort(old)
-    sorted_old = old[order]
-    at = torch.searchsorted(sorted_old, new).clamp(max=len(old) - 1)  # (X,)
-    moved = (new >= 0) & (sorted_old[at] == new)  # (X,) the new row was in ``before``
+    source = lookup_first(*first_occurrences(old), new)  # (X,) where in ``old`` each new row was, -1 if nowhere
+    moved = (new >= 0) & (source >= 0)  # (X,)
     stays = torch.isin(old, new[moved])  # (X,) the old row is in ``after`` elsewhere
-    return SlotChanges(arriving=changed[(new >= 0) & ~moved], moves_from=changed[order[at[moved]]],
+    return SlotChanges(arriving=changed[(new >= 0) & ~moved], moves_from=changed[source[moved]],
                        moves_to=changed[moved], leaving=changed[(old >= 0) & ~stays])
 
 

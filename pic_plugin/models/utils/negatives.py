@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .gather import all_gather_rows, host_group
 from .host_state import HostStateMixin
-from .row_storage import RowStorage, first_occurrences
+from .row_storage import RowStorage, first_occurrences, lookup_first
 
 
 class AllNegatives(nn.Module):
@@ -80,17 +80,11 @@ class RecentNegatives(HostStateMixin, nn.Module):
         values, first = first_occurrences(entries)  # (U,) sorted, the first slot of each
         classes = torch.full_like(entries, -1).index_copy_(0, first, values)  # each instance once, -1 for none
         self._enqueue(global_batch)
-        return classes, self._lookup(values, first, sample_idx)
+        return classes, lookup_first(values, first, sample_idx)
 
     def columns_of(self, sample_idx: Tensor, classes: Tensor, rows: RowStorage) -> Tensor:
         """The slot of each host ``sample_idx`` among this step's ``classes``, ``(B,)``: -1 where none holds it."""
-        return self._lookup(*first_occurrences(classes), sample_idx)
-
-    @staticmethod
-    def _lookup(values: Tensor, first: Tensor, sample_idx: Tensor) -> Tensor:
-        """``first[j]`` where ``values[j] == sample_idx``, -1 where no value is: ``(U,), (U,), (B,) -> (B,)``."""
-        at = torch.searchsorted(values, sample_idx).clamp(max=values.numel() - 1)  # (B,)
-        return torch.where(values[at] == sample_idx, first[at], -1)
+        return lookup_first(*first_occurrences(classes), sample_idx)
 
     def _enqueue(self, indices: Tensor) -> None:
         capacity = self.recent_indices.numel()

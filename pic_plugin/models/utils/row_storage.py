@@ -117,6 +117,13 @@ def first_occurrences(indices: Tensor) -> Tuple[Tensor, Tensor]:
     return unique_indices, first
 
 
+def lookup_first(values: Tensor, first: Tensor, queries: Tensor) -> Tensor:
+    """Where each query first occurs, from :func:`first_occurrences`'s sorted ``values`` and ``first`` positions:
+    ``first[j]`` where ``values[j] == query``, -1 where no value is: ``(U,), (U,), (Q,) -> (Q,)``."""
+    at = torch.searchsorted(values, queries).clamp(max=values.numel() - 1)  # (Q,)
+    return torch.where(values[at] == queries, first[at], -1)
+
+
 def fill_standard_normal_rows(rows: Tensor, first_row: int, seed: int) -> Tensor:
     """Fill ``rows`` with rows ``[first_row, first_row + len(rows))`` of one N(0, 1) draw of a whole table.
 
