@@ -50,7 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmark_utils import (DistinctIndexStream, add_common_arguments, apply_common_arguments, format_bytes,
-                             interleaved_rounds, median, print_header, print_table, spread, synchronize)
+                             interleaved_rounds, matrix_products, median, print_header, print_table, spread,
+                             synchronize)
 from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
 from pic_plugin.models.heads.instance_cls_head import InstanceClsHead
 from pic_plugin.models.utils.row_storage import available_host_memory
@@ -295,24 +296,15 @@ def measure_mode(row_counts: Sequence[int], negatives: str, warmup_steps: int, s
     return result
 
 
-def matrix_products(bench: HeadStep) -> Callable[[], None]:
-    """The step's three matrix products alone, at the shapes of ``bench``'s steps: the logits ``(B, D) x (D, C)``
-    and their two gradients, ``(C, B) x (B, D)`` and ``(B, C) x (C, D)`` (PIC Eq. 1), the step's floating-point
-    bound (``C = K + B`` classes)."""
-    batch, dim, device = bench.inputs.shape[0], bench.head.rows.dim, bench.device
-    num_classes = bench.head.negatives.num_negatives + batch
-    feats, weight = torch.randn(batch, dim, device=device), torch.randn(num_classes, dim, device=device)
-    grad = torch.randn(batch, num_classes, device=device)
-
-    def products() -> None:
-        feats @ weight.t(), grad.t() @ feats, grad @ weight
-
-    return products
+def step_matrix_products(bench: HeadStep) -> Callable[[], None]:
+    """The step's three matrix products alone, at the shapes of ``bench``'s steps (``C = K + B`` classes)."""
+    batch = bench.inputs.shape[0]
+    return matrix_products(batch, bench.head.negatives.num_negatives + batch, bench.head.rows.dim, bench.device)
 
 
 def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> None:
     """Time the head step beside its matrix products (interleaved) and print how far it and its phases are."""
-    times = interleaved_rounds({'head step': bench, 'matrix products': matrix_products(bench)}, args.rounds,
+    times = interleaved_rounds({'head step': bench, 'matrix products': step_matrix_products(bench)}, args.rounds,
                                args.steps_per_round, bench.device, prepare={'head step': bench.draw_indices})
     seconds = {name: median(values) for name, values in times.items()}
     ratio = seconds['head step'] / seconds['matrix products']

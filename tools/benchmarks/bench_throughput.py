@@ -54,7 +54,7 @@ from torch import nn
 
 import pic_plugin  # noqa: F401  (registers InstanceClassification and InstanceClsHead)
 from benchmark_utils import (DistinctIndexStream, add_common_arguments, apply_common_arguments, interleaved_rounds,
-                             median, print_header, print_table, spread)
+                             matrix_products, median, print_header, print_table, spread)
 from pic_plugin.engine.optimizers.lazy_corrected_sgd import LazyCorrectedSGD
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / 'configs' / 'pic' / 'pic_resnet18-w16_1xb128-coslr-20e_digits.py'
@@ -112,26 +112,6 @@ def model_specs(args: argparse.Namespace) -> Dict[str, ModelSpec]:
 def sgd(model: nn.Module) -> torch.optim.SGD:
     """The same SGD for every model (PIC's recipe: lr 0.03, momentum 0.9, weight decay 1e-4)."""
     return torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
-
-
-class HeadProducts:
-    """The paper head's three matrix products at the shapes of a PIC step, alone: its floating-point floor.
-
-    Args:
-        num_classes (int): ``C``, the classes a step scores.
-        args (argparse.Namespace): The command line (device, batch size, seed).
-        dim (int): ``D``, the length of a feature and of a row.
-    """
-
-    def __init__(self, num_classes: int, dim: int, args: argparse.Namespace) -> None:
-        generator = torch.Generator().manual_seed(args.seed)
-        self.feats = torch.randn(args.batch_size, dim, generator=generator).to(args.device)  # (B, D)
-        self.weight = torch.randn(num_classes, dim, generator=generator).to(args.device)  # (C, D)
-        self.grad = torch.randn(args.batch_size, num_classes, generator=generator).to(args.device)  # (B, C)
-
-    def __call__(self) -> None:
-        """The logits and the gradients of the features and of the rows."""
-        self.feats @ self.weight.t(), self.grad @ self.weight, self.grad.t() @ self.feats
 
 
 class TrainStep:
@@ -248,7 +228,7 @@ def main() -> None:
         for _ in range(args.warmup_steps):
             steps[name].draw_batch()
             steps[name]()
-    products = HeadProducts(head_classes(args), steps['PIC'].model.head.rows.dim, args)
+    products = matrix_products(args.batch_size, head_classes(args), steps['PIC'].model.head.rows.dim, device)
     times = interleaved_rounds({**steps, HEAD_PRODUCTS: products}, args.rounds, args.steps_per_round, device,
                                prepare={name: step.draw_batch for name, step in steps.items()})
     print()

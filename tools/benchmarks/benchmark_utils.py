@@ -187,6 +187,19 @@ def interleaved_rounds(steps: Dict[str, Callable[[], None]], rounds: int, steps_
     return times
 
 
+def matrix_products(batch: int, num_classes: int, dim: int, device: torch.device) -> Callable[[], None]:
+    """The three matrix products of a cosine soft-max step alone, on random inputs: the logits ``(B, D) x (D, C)``
+    and their two gradients, ``(C, B) x (B, D)`` and ``(B, C) x (C, D)`` (PIC Eq. 1), the step's floating-point
+    bound."""
+    feats, weight = torch.randn(batch, dim, device=device), torch.randn(num_classes, dim, device=device)
+    grad = torch.randn(batch, num_classes, device=device)
+
+    def products() -> None:
+        feats @ weight.t(), grad.t() @ feats, grad @ weight
+
+    return products
+
+
 def median(values: Sequence[float]) -> float:
     """The median of a non-empty sequence."""
     return statistics.median(values)
