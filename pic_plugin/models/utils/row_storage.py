@@ -204,7 +204,6 @@ class RowStorage(nn.Module):
         self.row_offset = sum(sizes[:shard_rank])
         self.num_local_rows = sizes[shard_rank]
         shapes = {'weight': ((dim, ), dtype), **(columns or {})}
-        self.column_names = tuple(shapes)
         self.host_columns = tuple(host_columns)
         # the per-row tensors by name; reading one as an attribute (``rows.weight``) goes through columns()
         self._columns: Dict[str, Tensor] = {}
@@ -236,6 +235,11 @@ class RowStorage(nn.Module):
             raise AttributeError(f'{name!r} is a column of the table and cannot be replaced: change its rows with '
                                  f'write(...), or in place through columns()[{name!r}].')
         super().__setattr__(name, value)
+
+    @property
+    def column_names(self) -> Tuple[str, ...]:
+        """The columns' names, ``'weight'`` first."""
+        return tuple(self._columns)
 
     @property
     def device(self) -> torch.device:
