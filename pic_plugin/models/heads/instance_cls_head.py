@@ -29,8 +29,8 @@ class _CosineLogits(torch.autograd.Function):
         # the norms in float32 and float32 logits also when the product runs in bfloat16 / float16 (autocast)
         scales = weight.norm(dim=1, dtype=torch.promote_types(weight.dtype, torch.float32))
         scales = scales.clamp_min(1e-12).reciprocal() / temperature  # (C,), F.normalize's eps
-        product = unit_feats @ weight.t()  # (B, D) x (D, C) -> (B, C)
-        logits = product * scales if offsets is None else torch.addcmul(offsets, product, scales)
+        product = unit_feats @ weight.t()  # (B, D) x (D, C) -> (B, C), scaled in place into the logits
+        logits = product.mul_(scales) if offsets is None else torch.addcmul(offsets, product, scales, out=product)
         ctx.save_for_backward(unit_feats, weight, scales, logits)
         ctx.temperature = temperature
         return logits
@@ -45,7 +45,7 @@ class _CosineLogits(torch.autograd.Function):
             return grad_feats, None, None, None
         # d logit_bc / d w_c = z_hat_b * s_c - logit_bc * w_c / |w_c|^2, and 1 / |w_c|^2 = (s_c tau)^2 (an offset
         # column's gradient is 0: its soft-max probability is)
-        radial = (grad * logits).sum(dim=0) * (scales * ctx.temperature).square()  # (C,)
+        radial = torch.linalg.vecdot(grad, logits, dim=0) * (scales * ctx.temperature).square()  # (C,)
         grad_weight = (scaled.t() @ unit_feats).addcmul_(weight, radial[:, None].to(weight.dtype), value=-1)
         return grad_feats, grad_weight, None, None
 

@@ -27,33 +27,36 @@ def at_least_float32(tensor: Tensor) -> Tensor:
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
+    """The loss from the log-sum-exp and the target logits; the soft-max itself is normalised only in the
+    backward, where the gradient ``softmax - target`` is formed, so that each ``(B, C_r)`` pass is made once."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, target_positions: Tensor, target_weights: Tensor, reduce: bool) -> Tensor:
         # logits (B, C_r); target_positions (B, T): column of each target in this shard, -1 when elsewhere
-        row_max = logits.detach().max(dim=1).values  # (B,)
+        logits = logits.detach()
+        row_max = logits.amax(dim=1)  # (B,); amax, not max: no arg-max indices to form
         if reduce:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-        probs = (logits.detach() - row_max[:, None]).exp_()  # (B, C_r), unnormalised
-        sum_exp = probs.sum(dim=1)  # (B,)
+        exps = (logits - row_max[:, None]).exp_()  # (B, C_r), unnormalised
+        sum_exp = exps.sum(dim=1)  # (B,)
         if reduce:
             dist.all_reduce(sum_exp)
-        probs /= sum_exp[:, None]
         local = target_positions >= 0  # (B, T)
         columns = target_positions.clamp(min=0)
-        log_probs = torch.log(probs.gather(1, columns).clamp_min(torch.finfo(probs.dtype).tiny))  # (B, T)
+        log_probs = logits.gather(1, columns) - (row_max + sum_exp.log())[:, None]  # (B, T)
         per_sample = -(target_weights * log_probs * local).sum(dim=1)  # (B,)
         if reduce:
             dist.all_reduce(per_sample)  # each target class lives on exactly one rank
-        ctx.save_for_backward(probs, columns, target_weights * local)
+        ctx.save_for_backward(exps, sum_exp, columns, target_weights * local)
         return per_sample.mean()
 
     @staticmethod
     @torch.compiler.disable  # its shapes follow the classes of the step: eager under torch.compile
     def backward(ctx, grad_loss: Tensor):
-        probs, columns, local_weights = ctx.saved_tensors
-        grad = probs.scatter_add(1, columns, -local_weights)  # softmax - target distribution, (B, C_r)
-        grad *= grad_loss / probs.shape[0]
+        exps, sum_exp, columns, local_weights = ctx.saved_tensors
+        grad_scale = grad_loss / exps.shape[0]  # d mean / d per_sample
+        grad = exps * (grad_scale / sum_exp)[:, None]  # the soft-max, times the gradient of the mean: (B, C_r)
+        grad.scatter_add_(1, columns, local_weights * -grad_scale)  # minus the target distribution
         return grad, None, None, None
 
 

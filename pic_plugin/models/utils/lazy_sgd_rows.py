@@ -23,6 +23,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 from mmengine.dist import all_reduce, get_world_size
 from torch import Tensor
+from torch.optim.sgd import sgd
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from .row_storage import RowStorage, first_occurrences, lookup_first, power_of_two_at_least, to_device
 
@@ -432,11 +434,15 @@ class LazySGDRows(RowStorage):
         grad = rows.weight.grad if rows.weight.grad is not None else torch.zeros_like(weight)
         if self.world_size == 1 and get_world_size() > 1:
             all_reduce(grad, op='mean')  # every rank holds and updates the same rows
-        step_direction = grad.add_(weight, alpha=weight_decay)  # g + lambda * w
-        new_momentum = rows.momentum.mul_(momentum).add_(step_direction)  # m * u + (g + lambda * w)
-        new_weight = weight.sub_(new_momentum, alpha=lr)  # w - eta * u
+        if momentum:  # u <- m * u + (g + lambda * w), w <- w - eta * u: one pass in torch's fused kernel
+            sgd([weight], [grad], [rows.momentum], weight_decay=weight_decay, momentum=momentum, lr=lr,
+                dampening=0., nesterov=False, maximize=False,
+                fused=weight.device.type in _get_fused_kernels_supported_devices())  # not the meta device
+        else:  # the kernel keeps no momentum for m = 0, but Eq. 2 defines it: u <- g + lambda * w
+            rows.momentum.copy_(grad.add_(weight, alpha=weight_decay))
+            weight.sub_(rows.momentum, alpha=lr)
         if not rows.kept:  # kept rows were updated where they stay
-            self._write_slots(rows.local_indices, new_weight, new_momentum, self.num_steps + 1)
+            self._write_slots(rows.local_indices, weight, rows.momentum, self.num_steps + 1)
 
     def assign(self, local_indices: Tensor, weight: Tensor) -> None:
         """Give rows new values with zero momentum, as of the current step (the contrastive prior)."""

@@ -95,6 +95,17 @@ def test_step_is_eq2_on_the_handed_out_rows_and_leaves_the_others_stored_as_they
     torch.testing.assert_close(rows.weight[1], previous_weight - 0.05 * expected_momentum, rtol=0, atol=1e-15)
 
 
+def test_a_step_without_momentum_still_stores_the_step_direction_as_the_rows_momentum():
+    # m = 0 takes the other branch of the update (torch's fused kernel keeps no momentum then); Eq. 2 still sets
+    # u = g + lambda w, which the next step's m * u reads once the momentum is back
+    rows = float64_rows()
+    lazy_step(rows, torch.tensor([1]), torch.randn(1, DIM, dtype=F64), 0.1, 0.9, 0.01)
+    before, grad = rows.weight[1].clone(), torch.randn(1, DIM, dtype=F64)
+    lazy_step(rows, torch.tensor([1]), grad, 0.1, 0.0, 0.01)
+    torch.testing.assert_close(rows.momentum[1], grad[0] + 0.01 * before, rtol=0, atol=1e-15)
+    torch.testing.assert_close(rows.weight[1], before - 0.1 * (grad[0] + 0.01 * before), rtol=0, atol=1e-15)
+
+
 def test_bring_forward_applies_the_transitions_of_the_steps_a_row_missed():
     rows = float64_rows()
     hyper_params = [schedule(step) for step in range(6)]
