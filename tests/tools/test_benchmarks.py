@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from torch.optim.sgd import sgd
 
 from conftest import REPO_ROOT, run_cli
 
@@ -60,12 +61,16 @@ def check_head_step_output(out: str, schedule: str, timed_steps: int) -> None:
         assert len(set(table_rows(out, tensors)[0][1:])) == 1, tensors
     assert len(table_rows(out, 'correct (Eq. 3)')[0]) == 3
     # the largest N beside its matrix products, timed in the same run, and the phases' share
-    assert [row[0] for row in table_rows(out, 'head step') + table_rows(out, 'matrix products')] == [
-        'head step', 'matrix products']
+    assert [row[0] for row in table_rows(out, 'head step') + table_rows(out, 'matrix products')
+            + table_rows(out, 'copy of (C, D) rows')] == ['head step', 'matrix products', 'copy of (C, D) rows']
     assert re.search(r'head step / matrix products = \d+\.\d\d: goal <= 1\.5 (met|NOT met)', out)
     assert re.search(r'phases \(instrumented, mean of 1 steps\): logits \+ loss \+ backward \d+\.\d\d ms = \d+\.\d\dx '
                      r'the products; the rest \d+\.\d\d ms \(recent classes \d+\.\d\d, gather \d+\.\d\d, correct '
                      r'\(Eq\. 3\) \d+\.\d\d, SGD update \(Eq\. 2\) \d+\.\d\d, write back \d+\.\d\d\)', out)
+    assert re.search(r'memory bound: the operations besides the products read and write \d+\.\d+ [MG]iB per step; '
+                     r"at the copy's \d+\.\d GB/s that is \d+\.\d ms, so products \+ stream = \d+\.\d\dx the products: "
+                     r'the goal is (within|out of) reach of these operations; the step spends -?\d+\.\d ms beyond its '
+                     r'products = -?\d+\.\d\dx that stream time', out)
 
 
 def test_head_step_command_prints_flat_bytes_for_sampled_rows_and_linear_for_dense(tmp_path):
@@ -75,6 +80,23 @@ def test_head_step_command_prints_flat_bytes_for_sampled_rows_and_linear_for_den
     check_head_step_output(result.stdout, 'interleaved', timed_steps=2)
     # the default policy, in a process of its own: glibc keeps freed blocks, as a GPU's caching allocator does
     assert 'malloc:   freed blocks kept for reuse (glibc mallopt: M_MMAP_MAX=0' in result.stdout
+
+
+def test_operation_bytes_count_what_each_operation_streams_and_leave_out_products_and_views():
+    from bench_head_step import OperationBytes
+    rows, other, momentum, index = torch.randn(1000, 8), torch.randn(1000, 8), torch.zeros(1000, 8), torch.arange(10)
+    size = rows.numel() * 4
+    expected = [(lambda: rows * other, 3 * size),  # two reads, one write
+                (lambda: rows.mul_(2.0), 2 * size),  # in place: self read and written
+                (lambda: rows.t(), 0), (lambda: rows @ other.t(), 0),  # a view; a product
+                (lambda: rows.index_select(0, index), 2 * 10 * 8 * 4 + 10 * 8),  # the gathered rows, and the index
+                (lambda: rows.index_copy_(0, index, other[:10]), 2 * (10 * 8 * 4 + 10 * 8)),
+                (lambda: sgd([rows], [other], [momentum], weight_decay=0.1, momentum=0.9, lr=0.1,
+                             dampening=0., nesterov=False, maximize=False, fused=True), 5 * size)]  # w, u, g
+    for operation, moved in expected:
+        with OperationBytes() as counter:
+            operation()
+        assert counter.bytes == moved
 
 
 def test_head_step_sweeps_repeat_the_sweep(monkeypatch, capsys):

@@ -10,9 +10,13 @@ from its ``LazySGDRows``, brings them forward (PIC Eq. 3), computes the cosine l
 the gathered rows (``rows.step``, PIC Eq. 2) and writes the rows back. Every step has its own learning rate (a
 cosine), so the correction multiplies genuinely different transitions.
 
-Bounds: for the largest N, the step is timed interleaved with its three matrix products alone at its own shapes,
-and the ratio of the step to them is printed against the goal of 1.5, with the phases' share beside it (the
-logits, loss and backward against the products; the rest: classes, row traffic, correction, SGD update).
+Bounds: for the largest N, the step is timed interleaved with its three matrix products alone at its own shapes
+and with a copy of its ``(C, D)`` rows (the machine's memory stream), and the ratio of the step to the products
+is printed against the goal of 1.5, with the phases' share beside it (the logits, loss and backward against the
+products; the rest: classes, row traffic, correction, SGD update). The bytes that every other operation of a
+step reads and writes are counted (``OperationBytes``); at the copy's rate they give the time those operations
+need at least, so the output says whether the goal is within reach of them and how far they are from their own
+bound.
 Host memory: see ``--malloc`` (``benchmark_utils.set_malloc_policy``).
 
 Two modes of the same head are timed:
@@ -44,10 +48,12 @@ import gc
 import math
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from benchmark_utils import (DistinctIndexStream, add_common_arguments, apply_common_arguments, format_bytes,
                              interleaved_rounds, matrix_products, median, print_header, print_table, spread,
@@ -58,6 +64,14 @@ from pic_plugin.models.utils.row_storage import available_host_memory
 
 FLAT_GOAL = 1.10
 MATMUL_GOAL = 1.5  # the head step against its three matrix products
+aten = torch.ops.aten
+MATRIX_PRODUCTS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}
+# operations that read (gathers) or write (puts) only the indexed rows of their first tensor
+GATHERS = {aten.index_select, aten.index, aten.gather, aten.masked_select}
+PUTS = {aten.index_copy_, aten.index_put_, aten._index_put_impl_, aten.index_add_, aten.scatter_, aten.scatter_add_}
+# what an operation writes when its schema declares more (the fused SGD kernel may unscale its gradients, but
+# writes only the parameters and momentum without a grad_scale)
+WRITTEN_ARGUMENTS = {aten._fused_sgd_: ('self', 'momentum_buffer_list')}
 PHASES = ('recent classes', 'gather', 'correct (Eq. 3)', 'logits + loss', 'backward',
           'SGD update (Eq. 2)', 'write back')
 
@@ -203,6 +217,66 @@ class StepInstrument:
                            sum(self.classes_per_step) / self.steps, self.steps)
 
 
+class OperationBytes(TorchDispatchMode):
+    """Counts the bytes that every operation except the matrix products reads and writes, under this mode.
+
+    An operation reads its tensor arguments and writes its outputs and the arguments its schema marks as written,
+    each tensor counted once; views move nothing; a gather reads and writes its output's size, a put reads and
+    writes its source's size (``GATHERS``, ``PUTS``). A real kernel may keep a small operand in cache, so this is
+    what the operations stream at most from memory, and at least what a memory-bound one must.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        if func.is_view or packet in MATRIX_PRODUCTS:
+            return out
+        written_names = WRITTEN_ARGUMENTS.get(packet) or [argument.name for argument in func._schema.arguments
+                                                          if argument.alias_info is not None
+                                                          and argument.alias_info.is_write]
+        named = dict(zip((argument.name for argument in func._schema.arguments), args), **kwargs)
+        written = tensors_of([named.get(name) for name in written_names])
+        if packet in GATHERS:
+            read, written = tensors_of(args[1:]) + tensors_of(out), tensors_of(out)
+        elif packet in PUTS:
+            read = written = tensors_of(args[1:])
+        else:
+            read, written = tensors_of((args, kwargs)), written + tensors_of(out)
+        self.bytes += distinct_bytes(read) + distinct_bytes(written)
+        return out
+
+
+def tensors_of(tree) -> List[Tensor]:
+    """The tensors among the leaves of nested lists, tuples and dicts."""
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, Tensor)]
+
+
+def distinct_bytes(tensors: Sequence[Tensor]) -> int:
+    """The bytes of ``tensors``, each tensor (the same memory and size) counted once."""
+    return sum({(t.data_ptr(), t.numel() * t.element_size()): t.numel() * t.element_size() for t in tensors}.values())
+
+
+def step_operation_bytes(bench: HeadStep) -> int:
+    """Bytes the operations of one step other than its matrix products read and write (``OperationBytes``)."""
+    bench.draw_indices()
+    with OperationBytes() as counter:
+        bench()
+    return counter.bytes
+
+
+def stream_copy(bench: HeadStep) -> Tuple[Callable[[], None], int]:
+    """A copy of a ``(C, D)`` float32 tensor, the size of the step's rows, and the bytes it reads and writes."""
+    batch = bench.inputs.shape[0]
+    source = torch.randn(bench.head.negatives.num_negatives + batch, bench.head.rows.dim, device=bench.device)
+    target = torch.empty_like(source)
+    return (lambda: target.copy_(source)), 2 * source.numel() * source.element_size()
+
+
 def table_bytes(num_rows: int, dim: int) -> int:
     """Host or device memory of a table: fp32 weight and momentum, int64 last step."""
     return num_rows * (2 * dim * 4 + 8)
@@ -303,24 +377,35 @@ def step_matrix_products(bench: HeadStep) -> Callable[[], None]:
 
 
 def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> None:
-    """Time the head step beside its matrix products (interleaved) and print how far it and its phases are."""
-    times = interleaved_rounds({'head step': bench, 'matrix products': step_matrix_products(bench)}, args.rounds,
-                               args.steps_per_round, bench.device, prepare={'head step': bench.draw_indices})
+    """Time the head step beside its matrix products and a memory stream (interleaved) and print how far it and
+    its phases are from them."""
+    copy, copy_bytes = stream_copy(bench)
+    times = interleaved_rounds({'head step': bench, 'matrix products': step_matrix_products(bench),
+                                'copy of (C, D) rows': copy}, args.rounds, args.steps_per_round, bench.device,
+                               prepare={'head step': bench.draw_indices})
     seconds = {name: median(values) for name, values in times.items()}
-    ratio = seconds['head step'] / seconds['matrix products']
+    products = seconds['matrix products']
+    ratio = seconds['head step'] / products
     verdict = 'met' if ratio <= MATMUL_GOAL else 'NOT met'
-    print(f'\nN={count_label(num_rows)}: head step against its matrix products (interleaved, {args.rounds} rounds x '
-          f'{args.steps_per_round} steps; median ms)')
+    print(f'\nN={count_label(num_rows)}: head step against its matrix products and a memory stream (interleaved, '
+          f'{args.rounds} rounds x {args.steps_per_round} steps; median ms)')
     print_table(['operation', 'median ms', 'IQR'],
                 [[name, f'{1000 * seconds[name]:.1f}', spread(times[name])] for name in times])
     print(f'head step / matrix products = {ratio:.2f}: goal <= {MATMUL_GOAL} {verdict}')
     profile = instrument(bench, args.profile_steps).phase_milliseconds
     compute = profile['logits + loss'] + profile['backward']
     print(f'phases (instrumented, mean of {args.profile_steps} steps): logits + loss + backward {compute:.2f} ms = '
-          f'{compute / (1000 * seconds["matrix products"]):.2f}x the products; the rest '
+          f'{compute / (1000 * products):.2f}x the products; the rest '
           f'{sum(profile.values()) - compute:.2f} ms (' + ', '.join(
               f'{phase} {ms:.2f}' for phase, ms in profile.items() if phase not in ('logits + loss', 'backward'))
           + ')')
+    moved, rate = step_operation_bytes(bench), copy_bytes / seconds['copy of (C, D) rows']
+    stream, beyond = moved / rate, seconds['head step'] - products
+    reach = 'within' if (products + stream) / products <= MATMUL_GOAL else 'out of'
+    print(f'memory bound: the operations besides the products read and write {format_bytes(moved)} per step; at '
+          f'the copy\'s {rate / 1e9:.1f} GB/s that is {1000 * stream:.1f} ms, so products + stream = '
+          f'{(products + stream) / products:.2f}x the products: the goal is {reach} reach of these operations; '
+          f'the step spends {1000 * beyond:.1f} ms beyond its products = {beyond / stream:.2f}x that stream time')
 
 
 def count_label(count: int) -> str:
