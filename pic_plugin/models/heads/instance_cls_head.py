@@ -29,7 +29,7 @@ class _CosineLogits(torch.autograd.Function):
         # the norms in float32 and float32 logits also when the product runs in bfloat16 / float16 (autocast)
         scales = weight.norm(dim=1, dtype=torch.promote_types(weight.dtype, torch.float32))
         scales = scales.clamp_min(1e-12).reciprocal() / temperature  # (C,), F.normalize's eps
-        product = unit_feats @ weight.t()  # (B, D) x (D, C) -> (B, C), scaled in place into the logits
+        product = (unit_feats @ weight.t()).to(scales.dtype)  # (B, D) x (D, C) -> (B, C), float32 under autocast
         logits = product.mul_(scales) if offsets is None else torch.addcmul(offsets, product, scales, out=product)
         ctx.save_for_backward(unit_feats, weight, scales, logits)
         ctx.temperature = temperature

@@ -21,9 +21,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from float_bounds import cosine_logit_error, cross_entropy_error, gamma
 from pic_plugin.models.heads import InstanceClsHead, MemoryBankNCE
+from pic_plugin.models.heads.instance_cls_head import cosine_logits
 
 BF16_UNIT_ROUNDOFF = 2.0**-8  # 8 significant bits (7 stored)
 NUM_CLASSES, DIM, BATCH = 50, 4, 6
@@ -48,6 +50,19 @@ def batches(num_steps: int, num_rows: int, dim: int):
     generator = torch.Generator().manual_seed(1)
     return [(torch.randn(BATCH, dim, generator=generator), torch.randperm(num_rows, generator=generator)[:BATCH])
             for _ in range(num_steps)]
+
+
+@pytest.mark.parametrize('with_offsets', [False, True])
+def test_cosine_logits_are_float32_when_their_product_runs_in_bfloat16(with_offsets):
+    feats, weight = torch.randn(BATCH, DIM, requires_grad=True), torch.randn(NUM_CLASSES, DIM, requires_grad=True)
+    offsets = torch.zeros(NUM_CLASSES) if with_offsets else None
+    with bf16_autocast():
+        logits = cosine_logits(feats, weight, 0.2, offsets)
+    assert logits.dtype == torch.float32
+    reference = F.normalize(feats, dim=1) @ F.normalize(weight, dim=1).t() / 0.2
+    assert (logits - reference).abs().max() <= bf16_logit_error(DIM, 0.2)
+    logits.sum().backward()
+    assert feats.grad.dtype == weight.grad.dtype == torch.float32
 
 
 @pytest.mark.parametrize('negatives', ['full', 'recent'])
