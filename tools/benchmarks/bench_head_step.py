@@ -236,19 +236,23 @@ class OperationBytes(TorchDispatchMode):
         packet = func.overloadpacket
         if func.is_view or packet in MATRIX_PRODUCTS:
             return out
-        written_names = WRITTEN_ARGUMENTS.get(packet) or [argument.name for argument in func._schema.arguments
-                                                          if argument.alias_info is not None
-                                                          and argument.alias_info.is_write]
-        named = dict(zip((argument.name for argument in func._schema.arguments), args), **kwargs)
-        written = tensors_of([named.get(name) for name in written_names])
         if packet in GATHERS:
             read, written = tensors_of(args[1:]) + tensors_of(out), tensors_of(out)
         elif packet in PUTS:
             read = written = tensors_of(args[1:])
         else:
-            read, written = tensors_of((args, kwargs)), written + tensors_of(out)
+            read, written = tensors_of((args, kwargs)), written_arguments(func, args, kwargs) + tensors_of(out)
         self.bytes += distinct_bytes(read) + distinct_bytes(written)
         return out
+
+
+def written_arguments(func, args: tuple, kwargs: dict) -> List[Tensor]:
+    """The tensor arguments that ``func`` writes: those its schema marks as written, or ``WRITTEN_ARGUMENTS``."""
+    arguments = func._schema.arguments
+    names = WRITTEN_ARGUMENTS.get(func.overloadpacket) or [
+        argument.name for argument in arguments if argument.alias_info is not None and argument.alias_info.is_write]
+    named = dict(zip((argument.name for argument in arguments), args), **kwargs)
+    return tensors_of([named.get(name) for name in names])
 
 
 def tensors_of(tree) -> List[Tensor]:
@@ -258,7 +262,7 @@ def tensors_of(tree) -> List[Tensor]:
 
 def distinct_bytes(tensors: Sequence[Tensor]) -> int:
     """The bytes of ``tensors``, each tensor (the same memory and size) counted once."""
-    return sum({(t.data_ptr(), t.numel() * t.element_size()): t.numel() * t.element_size() for t in tensors}.values())
+    return sum({(t.data_ptr(), t.nbytes): t.nbytes for t in tensors}.values())
 
 
 def step_operation_bytes(bench: HeadStep) -> int:
@@ -271,10 +275,10 @@ def step_operation_bytes(bench: HeadStep) -> int:
 
 def stream_copy(bench: HeadStep) -> Tuple[Callable[[], None], int]:
     """A copy of a ``(C, D)`` float32 tensor, the size of the step's rows, and the bytes it reads and writes."""
-    batch = bench.inputs.shape[0]
-    source = torch.randn(bench.head.negatives.num_negatives + batch, bench.head.rows.dim, device=bench.device)
+    _, classes, dim = step_shape(bench)
+    source = torch.randn(classes, dim, device=bench.device)
     target = torch.empty_like(source)
-    return (lambda: target.copy_(source)), 2 * source.numel() * source.element_size()
+    return (lambda: target.copy_(source)), 2 * source.nbytes
 
 
 def table_bytes(num_rows: int, dim: int) -> int:
@@ -370,10 +374,15 @@ def measure_mode(row_counts: Sequence[int], negatives: str, warmup_steps: int, s
     return result
 
 
-def step_matrix_products(bench: HeadStep) -> Callable[[], None]:
-    """The step's three matrix products alone, at the shapes of ``bench``'s steps (``C = K + B`` classes)."""
+def step_shape(bench: HeadStep) -> Tuple[int, int, int]:
+    """``(B, C, D)`` of ``bench``'s steps: batch, classes (``C = K + B``) and row length."""
     batch = bench.inputs.shape[0]
-    return matrix_products(batch, bench.head.negatives.num_negatives + batch, bench.head.rows.dim, bench.device)
+    return batch, bench.head.negatives.num_negatives + batch, bench.head.rows.dim
+
+
+def step_matrix_products(bench: HeadStep) -> Callable[[], None]:
+    """The step's three matrix products alone, at the shapes of ``bench``'s steps."""
+    return matrix_products(*step_shape(bench), bench.device)
 
 
 def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> None:
@@ -401,10 +410,11 @@ def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> No
           + ')')
     moved, rate = step_operation_bytes(bench), copy_bytes / seconds['copy of (C, D) rows']
     stream, beyond = moved / rate, seconds['head step'] - products
-    reach = 'within' if (products + stream) / products <= MATMUL_GOAL else 'out of'
+    bound = (products + stream) / products
+    reach = 'within' if bound <= MATMUL_GOAL else 'out of'
     print(f'memory bound: the operations besides the products read and write {format_bytes(moved)} per step; at '
           f'the copy\'s {rate / 1e9:.1f} GB/s that is {1000 * stream:.1f} ms, so products + stream = '
-          f'{(products + stream) / products:.2f}x the products: the goal is {reach} reach of these operations; '
+          f'{bound:.2f}x the products: the goal is {reach} reach of these operations; '
           f'the step spends {1000 * beyond:.1f} ms beyond its products = {beyond / stream:.2f}x that stream time')
 
 
