@@ -20,10 +20,21 @@ def digits_workspace(tmp_path_factory) -> Path:
     return workspace
 
 
+# The resume tests compare two trainings bit for bit, so both must sum in the same order. Besides a fixed thread
+# count, Intel's conditions for run-to-run reproducible MKL (torch's CPU BLAS here) are threads that MKL and OpenMP
+# may not adjust at run time and a CNR branch (MKL_CBWR), which fixes MKL's reductions and scheduling.
+REPRODUCIBLE_THREADS = {'OMP_NUM_THREADS': '2', 'OMP_DYNAMIC': 'FALSE', 'MKL_DYNAMIC': 'FALSE', 'MKL_CBWR': 'AUTO'}
+
+
+def cli_env(**extra_env: str) -> dict:
+    """The environment of a command line run by a test: this interpreter's, the repository on ``PYTHONPATH``,
+    ``REPRODUCIBLE_THREADS`` and ``extra_env``."""
+    return {**os.environ, 'PYTHONPATH': str(REPO_ROOT), **REPRODUCIBLE_THREADS, **extra_env}
+
+
 def run_cli(args, cwd: Path, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
-    """Run a command with this interpreter's environment (plus ``extra_env``) and capture its output."""
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='2', **extra_env)
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
+    """Run a command in ``cli_env(**extra_env)`` and capture its output."""
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=cli_env(**extra_env), capture_output=True, text=True,
                             timeout=timeout)
     return result
 

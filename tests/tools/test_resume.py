@@ -11,7 +11,6 @@ process). Every case trains one epoch, stops, and resumes for the second in a ne
 and one entry point; its checkpoints after each epoch must equal the reference's in every weight, buffer and
 optimiser tensor. ``persistent_workers=True`` needs workers, so the loader settings are three.
 """
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from typing import List
 
 import pytest
 
-from conftest import REPO_ROOT, assert_same_checkpoint, bin_path, load_checkpoint, run_cli
+from conftest import REPO_ROOT, assert_same_checkpoint, bin_path, cli_env, load_checkpoint, run_cli
 
 NO_VALIDATION = ['default_hooks.checkpoint.interval=1', 'train_cfg.val_begin=100']
 METHODS = {
@@ -100,7 +99,7 @@ def test_a_run_killed_mid_epoch_with_persistent_workers_resumes_to_the_uninterru
         uninterrupted, digits_workspace, tmp_path):
     command = train_command('pic', tmp_path, 2, loader='persistent-workers')
     process = subprocess.Popen(command, cwd=digits_workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS='2'))
+                               env=cli_env())
     deadline = time.time() + 400
     while not (tmp_path / 'last_checkpoint').exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.1)
@@ -108,6 +107,8 @@ def test_a_run_killed_mid_epoch_with_persistent_workers_resumes_to_the_uninterru
     process.wait()
     assert not (tmp_path / 'epoch_2.pth').exists(), 'the run finished before the kill'
     load_checkpoint((tmp_path / 'last_checkpoint').read_text().strip())  # what resume will use is complete
+    # the killed run's own first epoch: where it differs, the two runs did not compute alike, before any resume
+    assert_same_checkpoint(uninterrupted('pic') / 'epoch_1.pth', tmp_path / 'epoch_1.pth')
     resumed = run_cli(train_command('pic', tmp_path, 2, '--resume', loader='persistent-workers'),
                       cwd=digits_workspace)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
