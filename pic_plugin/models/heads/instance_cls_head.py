@@ -265,7 +265,8 @@ class InstanceClsHead(BaseModule):
             logits = torch.cat([logits, detached_logits])  # (B + B_d, C_r)
             target_columns = torch.cat([target_columns, detached_columns])  # (B + B_d, T)
             target_weights = torch.cat([target_weights, detached_weights])  # (B + B_d, T)
-        return dict(loss=sharded_cross_entropy(logits, target_columns, target_weights, self.sharded))
+        return dict(loss=sharded_cross_entropy(logits, target_columns, target_weights, self.sharded,
+                                               logit_bound=1 / self.temperature))  # |cos / tau| <= 1 / tau
 
     @staticmethod
     def _gather_global_batch(feats: Tensor, sample_idx: Tensor) -> Tuple[Tensor, Tensor]:

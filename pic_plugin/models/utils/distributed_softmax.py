@@ -6,19 +6,26 @@ The backbone is data-parallel, the classifier is model-parallel: rank ``r`` hold
 1. ``gather.all_gather_rows_with_grad`` all-gathers the features of the global batch, ``(B_r, D) -> (B, D)``,
    and ``gather.all_gather_rows`` their labels;
 2. each rank computes the logits of the whole batch for its own classes, ``(B, C_r)``;
-3. :func:`sharded_cross_entropy` all-reduces the row-wise max and the sum of exponentials, so every rank knows
-   the soft-max normaliser of every sample, and the loss of each sample's target classes;
+3. :func:`sharded_cross_entropy` all-reduces the sum of exponentials (and the row-wise max, unless the logits
+   have a known bound), so every rank knows the soft-max normaliser of every sample, and the loss of each
+   sample's target classes;
 4. backward: each rank's logit gradients stay local (its rows' gradients are exact and need no reduction);
    the feature gradients of all ranks are summed and sent back to the features' owner.
 
 With one process (or no process group) these functions reduce to the ordinary single-process computation, so
 every head uses this one path.
 """
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .gather import is_distributed
+
+# exp(-2 * 40) = 1.8e-35 is still a normal float32 (from 1.2e-38): shifted by a bound of at most 40, no sum of
+# exponentials underflows or loses precision, whatever the logits within the bound
+MAX_LOGIT_BOUND = 40.0
 
 
 def at_least_float32(tensor: Tensor) -> Tensor:
@@ -31,19 +38,23 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     backward, where the gradient ``softmax - target`` is formed, so that each ``(B, C_r)`` pass is made once."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target_positions: Tensor, target_weights: Tensor, reduce: bool) -> Tensor:
+    def forward(ctx, logits: Tensor, target_positions: Tensor, target_weights: Tensor, reduce: bool,
+                logit_bound: Optional[float]) -> Tensor:
         # logits (B, C_r); target_positions (B, T): column of each target in this shard, -1 when elsewhere
         logits = logits.detach()
-        row_max = logits.amax(dim=1)  # (B,); amax, not max: no arg-max indices to form
-        if reduce:
-            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-        exps = (logits - row_max[:, None]).exp_()  # (B, C_r), unnormalised
+        if logit_bound is None:
+            shift = logits.amax(dim=1, keepdim=True)  # (B, 1); amax, not max: no arg-max indices to form
+            if reduce:
+                dist.all_reduce(shift, op=dist.ReduceOp.MAX)
+        else:
+            shift = logit_bound  # no pass over the logits, no all-reduce
+        exps = (logits - shift).exp_()  # (B, C_r), unnormalised
         sum_exp = exps.sum(dim=1)  # (B,)
         if reduce:
             dist.all_reduce(sum_exp)
         local = target_positions >= 0  # (B, T)
         columns = target_positions.clamp(min=0)
-        log_probs = logits.gather(1, columns) - (row_max + sum_exp.log())[:, None]  # (B, T)
+        log_probs = logits.gather(1, columns) - (sum_exp.log()[:, None] + shift)  # (B, T)
         per_sample = -(target_weights * log_probs * local).sum(dim=1)  # (B,)
         if reduce:
             dist.all_reduce(per_sample)  # each target class lives on exactly one rank
@@ -57,11 +68,11 @@ class _ShardedCrossEntropy(torch.autograd.Function):
         grad_scale = grad_loss / exps.shape[0]  # d mean / d per_sample
         grad = exps * (grad_scale / sum_exp)[:, None]  # the soft-max, times the gradient of the mean: (B, C_r)
         grad.scatter_add_(1, columns, local_weights * -grad_scale)  # minus the target distribution
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
-def sharded_cross_entropy(logits: Tensor, target_positions: Tensor, target_weights: Tensor,
-                          sharded: bool) -> Tensor:
+def sharded_cross_entropy(logits: Tensor, target_positions: Tensor, target_weights: Tensor, sharded: bool,
+                          logit_bound: Optional[float] = None) -> Tensor:
     """Mean cross-entropy of soft targets over classes sharded across ranks (paper Eq. 1 and Eq. 3).
 
     Sample ``i``'s target distribution puts ``target_weights[i, t]`` on class ``t``; only the columns of this
@@ -74,13 +85,21 @@ def sharded_cross_entropy(logits: Tensor, target_positions: Tensor, target_weigh
         target_weights (Tensor): ``(B, T)`` probability mass of each target (each row sums to 1 over ranks).
         sharded (bool): The classes are split across the ranks of the process group (reduce the soft-max
             statistics over ranks). False for a single process or a table replicated on every rank.
+        logit_bound (float, optional): ``b`` with every logit at most ``b`` and, in each row, one at least ``-b``
+            (``EMPTY_COLUMN_LOGIT`` columns may lie below): cosine logits have ``b = 1 / tau``. The exponentials
+            are then shifted by ``b`` instead of each row's maximum (the log-sum-exp is the same), which saves a
+            pass over the logits and, when sharded, the all-reduce of the maxima. Used while ``b <=
+            MAX_LOGIT_BOUND`` (``tau >= 0.025``), where no sum can underflow; the maxima otherwise. Defaults to
+            None (the maxima).
 
     Returns:
         Tensor: The scalar mean loss, identical on every rank.
     """
     logits = at_least_float32(logits)  # under autocast: the soft-max's max, exponentials and sums in float32
+    if logit_bound is not None and logit_bound > MAX_LOGIT_BOUND:
+        logit_bound = None
     return _ShardedCrossEntropy.apply(logits, target_positions, target_weights.to(logits.dtype),
-                                      sharded and is_distributed())
+                                      sharded and is_distributed(), logit_bound)
 
 
 def spread_over_ranks(values: Tensor, owned: Tensor) -> Tensor:
