@@ -95,7 +95,7 @@ def sharded_cross_entropy(logits: Tensor, target_positions: Tensor, target_weigh
     Returns:
         Tensor: The scalar mean loss, identical on every rank.
     """
-    logits = at_least_float32(logits)  # under autocast: the soft-max's max, exponentials and sums in float32
+    logits = at_least_float32(logits)  # under autocast: the soft-max's shift, exponentials and sums in float32
     if logit_bound is not None and logit_bound > MAX_LOGIT_BOUND:
         logit_bound = None
     return _ShardedCrossEntropy.apply(logits, target_positions, target_weights.to(logits.dtype),
