@@ -27,14 +27,27 @@ OPTIONS = dict(train_dataloader=dict(dataset=dict(indices=SUBSET), num_workers=0
 
 
 class LossRecorder(Hook):
-    """The loss of every training iteration and the number of frames torch.compile compiled so far."""
+    """The loss of every training iteration, the number of frames torch.compile compiled so far, and whether the
+    backbone's input images and its stem convolution's weight were channels-last in each iteration."""
 
-    def __init__(self) -> None:
-        self.losses, self.compiled_frames = [], []
+    def __init__(self, watch_memory_format: bool) -> None:
+        self.losses, self.compiled_frames, self.channels_last = [], [], []
+        self.watch_memory_format = watch_memory_format  # a hook in a compiled module would recompile it
+
+    def before_train(self, runner) -> None:
+        if not self.watch_memory_format:
+            return
+        backbone = runner.model.backbone
+        backbone.register_forward_pre_hook(lambda module, args: self.channels_last.append(
+            (is_channels_last(args[0]), is_channels_last(backbone.conv1.weight))))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         self.losses.append(float(outputs['loss'].detach()))
         self.compiled_frames.append(torch._dynamo.utils.counters['stats']['unique_graphs'])
+
+
+def is_channels_last(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
 
 
 def train(work_dir: Path, workspace: Path, **overrides) -> LossRecorder:
@@ -43,7 +56,7 @@ def train(work_dir: Path, workspace: Path, **overrides) -> LossRecorder:
     cfg.merge_from_dict(overrides)
     cfg.work_dir = str(work_dir)
     cfg.default_hooks.checkpoint = None
-    recorder = LossRecorder()
+    recorder = LossRecorder(watch_memory_format=not overrides.get('compile'))
     cwd = os.getcwd()
     os.chdir(workspace)  # the config's data_root is relative
     try:
@@ -65,6 +78,7 @@ def test_channels_last_trains_with_the_eager_losses(eager, digits_workspace, tmp
     channels_last = train(tmp_path, digits_workspace, model=dict(channels_last=True))
     assert len(channels_last.losses) == len(eager.losses) == 4
     assert channels_last.losses == pytest.approx(eager.losses, rel=1e-3)
+    assert channels_last.channels_last == [(True, True)] * 4 and eager.channels_last == [(False, False)] * 4
 
 
 def test_torch_compile_trains_with_the_eager_losses_and_compiles_once(eager, digits_workspace, tmp_path):

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import List, Optional, Union
 
 import torch
+from mmengine.dist import all_reduce, get_world_size
 from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.runner.amp import autocast
 from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
@@ -169,8 +170,9 @@ class AmpLazyCorrectedSGD(_TrainsInstanceRows, AmpOptimWrapper):
 
     Before the scaler's step, the rows' leaf tensors of this step join the ``'instance_rows'`` group for the
     scaler's ``unscale_``: their gradients are unscaled and checked for inf / NaN together with the network's,
-    then leave the group again (the rows are updated by ``rows.step``, not by the optimizer). When the scaler
-    skips the step, ``rows.step(skipped=True)`` moves no row and records the identity.
+    then leave the group again (the rows are updated by ``rows.step``, not by the optimizer). The inf check is
+    reduced over the ranks (a rank's row gradients are its own until the row update), so all ranks skip together.
+    When the scaler skips the step, ``rows.step(skipped=True)`` moves no row and records the identity.
 
     Args:
         optimizer (Optimizer): As for :class:`LazyCorrectedSGD`.
@@ -215,6 +217,9 @@ class AmpLazyCorrectedSGD(_TrainsInstanceRows, AmpOptimWrapper):
         finally:
             group['params'] = []
         found_inf = self.loss_scaler._found_inf_per_device(self.optimizer)  # filled by unscale_ until update
+        if get_world_size() > 1:  # the rows' gradients differ between ranks (DDP reduces only the network's):
+            for value in found_inf.values():  # every rank skips when one does, and scales the loss alike
+                all_reduce(value, op='max')
         skipped = bool(sum(float(value) for value in found_inf.values()))
         if self.clip_grad_kwargs:
             self._clip_grad()

@@ -53,6 +53,22 @@ def power_of_two_at_least(count: int) -> int:
     return 1 << max(0, count - 1).bit_length()
 
 
+def ranks_on_this_node() -> int:
+    """Processes of this job on this node, as its launcher tells them: torchrun's ``LOCAL_WORLD_SIZE`` (also
+    ``tools/dist_train.sh``); in a distributed job without it, Open MPI's ``OMPI_COMM_WORLD_LOCAL_SIZE`` or slurm's
+    ``SLURM_STEP_TASKS_PER_NODE`` (``'4(x2),2'``: the most on any node of the step); 1 otherwise."""
+    if 'LOCAL_WORLD_SIZE' in os.environ:
+        return int(os.environ['LOCAL_WORLD_SIZE'])
+    if get_dist_info()[1] == 1:
+        return 1
+    if 'OMPI_COMM_WORLD_LOCAL_SIZE' in os.environ:
+        return int(os.environ['OMPI_COMM_WORLD_LOCAL_SIZE'])
+    slurm_tasks = os.environ.get('SLURM_STEP_TASKS_PER_NODE')
+    if slurm_tasks:
+        return max(int(count.split('(')[0]) for count in slurm_tasks.split(','))
+    return 1
+
+
 def shard_sizes(num_rows: int, world_size: int) -> List[int]:
     """Rows of each rank when ``num_rows`` are split evenly over ``world_size`` ranks, in rank order.
 
@@ -249,14 +265,14 @@ class RowStorage(nn.Module):
     def _check_host_memory(self, shapes: Dict[str, Tuple[Tuple[int, ...], torch.dtype]], pin: bool) -> None:
         """Refuse a table larger than the host memory that is available, saying how much it needs.
 
-        Every rank on this node (torch's launcher sets ``LOCAL_WORLD_SIZE``) allocates its table at the same time,
-        so the check counts all of them; pinned memory comes from CUDA's host allocator in powers of two.
+        Every rank on this node (:func:`ranks_on_this_node`) allocates its table at the same time, so the check
+        counts all of them; pinned columns come from CUDA's host allocator, in powers of two.
         """
-        column_bytes = [self.num_local_rows * torch.Size(trailing).numel() * dtype.itemsize
-                        for trailing, dtype in shapes.values()]
-        if pin:
-            column_bytes = [power_of_two_at_least(size) for size in column_bytes]
-        ranks_on_node = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+        column_bytes = []
+        for name, (trailing, dtype) in shapes.items():
+            size = self.num_local_rows * torch.Size(trailing).numel() * dtype.itemsize
+            column_bytes.append(power_of_two_at_least(size) if pin and name not in self.host_columns else size)
+        ranks_on_node = ranks_on_this_node()
         needed, available = sum(column_bytes) * ranks_on_node, available_host_memory()
         if available is not None and needed > available:
             raise MemoryError(

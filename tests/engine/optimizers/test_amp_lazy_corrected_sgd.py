@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from mmengine.optim.optimizer import amp_optimizer_wrapper
 from torch import Tensor, nn
 
+from distributed import run_distributed
 from pic_plugin.engine.optimizers import AmpLazyCorrectedSGD
 from pic_plugin.models.heads import InstanceClsHead
 
@@ -190,6 +191,29 @@ def test_skipped_steps_leave_the_lazy_rows_equal_to_dense_sgd_without_them(monke
     assert row_relative_error(rows.momentum, dense_momentum).max() < 1e-6
     for param, dense_param in zip(network.parameters(), dense_network.parameters()):
         torch.testing.assert_close(param, dense_param, rtol=1e-6, atol=0)
+
+
+def amp_rank_with_inf_on_rank_1(rank: int, world_size: int) -> Dict[str, Tensor]:
+    """The same problem on both ranks, replicated rows; only rank 1's row gradients get the infs."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        head, network, _, scales, classes = run_amp(monkeypatch, make_problem(), 'recent',
+                                                    'rows' if rank == 1 else 'nowhere')
+    head.rows.bring_all_forward()
+    return dict(rows=head.rows.weight, momentum=head.rows.momentum, scales=scales, classes=classes,
+                network=[param.detach() for param in network.parameters()])
+
+
+def test_an_inf_in_one_ranks_rows_makes_every_rank_skip_the_step() -> None:
+    """A rank's row gradients are its own until the row update reduces them (DDP reduces the network's only), so
+    the scaler's inf check is reduced over the ranks: rank 0, whose gradients stay finite, skips with rank 1 (run_amp
+    checks it at every step), halves its scale alike, and both end where dense SGD without those steps does."""
+    ranks = run_distributed(amp_rank_with_inf_on_rank_1, 2)
+    assert ranks[0]['scales'] == ranks[1]['scales']
+    for name in ('rows', 'momentum'):
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    dense_rows, dense_momentum, _ = run_dense(make_problem(), ranks[0]['classes'])
+    assert row_relative_error(ranks[0]['rows'], dense_rows).max() < 1e-6
+    assert row_relative_error(ranks[0]['momentum'], dense_momentum).max() < 1e-6
 
 
 def test_without_an_inf_the_scaled_steps_are_the_dense_steps(monkeypatch) -> None:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from distributed import run_distributed
@@ -289,13 +290,26 @@ def run_one_distributed_step(rank, world_size):
     noise = []
     draw = head._draw_noise
     head._draw_noise = lambda *args: noise.append(draw(*args)) or noise[-1]
-    loss = head.loss(rank_features(rank), torch.tensor(RANK_BATCHES[rank]))['loss']
+    size_exchanges = []  # all-gathers of one rank's row count
+    all_gather = dist.all_gather
+
+    def recording_all_gather(parts, tensor, group=None, **kwargs):
+        if tensor.shape == (1, ) and tensor.dtype == torch.int64:
+            size_exchanges.append(tensor.device)
+        return all_gather(parts, tensor, group=group, **kwargs)
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(dist, 'all_gather', recording_all_gather)
+        loss = head.loss(rank_features(rank), torch.tensor(RANK_BATCHES[rank]))['loss']
     return dict(bank=head.bank.weight, initial_bank=initial_bank, noise=noise[0], loss=loss.detach(),
-                normaliser=head.normaliser)
+                normaliser=head.normaliser, size_exchanges=size_exchanges)
 
 
 def test_two_ranks_keep_identical_banks_and_draw_different_noise():
     ranks = run_distributed(run_one_distributed_step, WORLD_SIZE)
+    # the batch sizes are exchanged once, from the host labels (under NCCL through the host group): the features'
+    # gather takes the same sizes instead of reading its own back from the device
+    assert ranks[0]['size_exchanges'] == ranks[1]['size_exchanges'] == [torch.device('cpu')]
     assert torch.equal(ranks[0]['initial_bank'], ranks[1]['initial_bank'])
     assert torch.equal(ranks[0]['bank'], ranks[1]['bank'])
     assert ranks[0]['normaliser'].item() == ranks[1]['normaliser'].item() > 0

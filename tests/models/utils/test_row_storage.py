@@ -140,6 +140,32 @@ def test_the_host_memory_check_counts_every_rank_of_the_node_and_pinned_rounding
         RowStorage(1281167, 128, placement='host')
 
 
+@pytest.mark.parametrize('variable, value', [('OMPI_COMM_WORLD_LOCAL_SIZE', '2'),
+                                             ('SLURM_STEP_TASKS_PER_NODE', '2(x3),1')])
+def test_under_mpi_and_slurm_the_host_memory_check_counts_the_ranks_their_launcher_puts_on_the_node(
+        monkeypatch, variable, value):
+    monkeypatch.setattr(row_storage_module, 'available_host_memory', lambda: 2**30)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
+    monkeypatch.setenv(variable, value)
+    RowStorage(1281167, 128, placement='host')  # one process: the variable describes another job step
+    monkeypatch.setattr(row_storage_module, 'get_dist_info', lambda: (0, 7))
+    with pytest.raises(MemoryError, match=r'needs 1\.2 GiB on this node \(2 rank\(s\) of 0\.6 GiB\)'):
+        RowStorage(1281167, 128, placement='host')
+
+
+def test_only_the_pinned_columns_are_counted_in_powers_of_two(monkeypatch):
+    """3 rows: a float32 weight of 12 bytes, pinned in 16, and an int64 host column of 24 bytes, not pinned."""
+    monkeypatch.setattr(row_storage_module.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(row_storage_module.torch, 'zeros',
+                        lambda *args, pin_memory=False, **kwargs: torch.empty(*args, **kwargs))  # no CUDA to pin
+    table = dict(num_rows=3, dim=1, placement='host', columns=dict(step=((), torch.int64)), host_columns=('step', ))
+    monkeypatch.setattr(row_storage_module, 'available_host_memory', lambda: 16 + 24)
+    RowStorage(**table)
+    monkeypatch.setattr(row_storage_module, 'available_host_memory', lambda: 16 + 24 - 1)
+    with pytest.raises(MemoryError, match='pinned'):
+        RowStorage(**table)
+
+
 # ---- several processes (gloo on the CPU) --------------------------------------------------------------------
 def sharded_checkpoint_rank(rank, world_size):
     """Each rank fills its shard with its global row numbers; rank 0 assembles every column as ShardedTableHook
