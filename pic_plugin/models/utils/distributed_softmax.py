@@ -23,8 +23,8 @@ from torch import Tensor
 
 from .gather import is_distributed
 
-# exp(-2 * 40) = 1.8e-35 is still a normal float32 (from 1.2e-38): shifted by a bound of at most 40, no sum of
-# exponentials underflows or loses precision, whatever the logits within the bound
+# exp(-40) = 4.2e-18 and exp(40) = 2.4e17 are normal float32 (1.2e-38 to 3.4e38), and a sum of up to 1e21 such
+# terms stays finite: logits within a bound of at most 40 need no shift before their exponentials
 MAX_LOGIT_BOUND = 40.0
 
 
@@ -46,9 +46,10 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             shift = logits.amax(dim=1, keepdim=True)  # (B, 1); amax, not max: no arg-max indices to form
             if reduce:
                 dist.all_reduce(shift, op=dist.ReduceOp.MAX)
-        else:
-            shift = logit_bound  # no pass over the logits, no all-reduce
-        exps = (logits - shift).exp_()  # (B, C_r), unnormalised
+            exps = (logits - shift).exp_()  # (B, C_r), unnormalised
+        else:  # within the bound no exponential overflows or underflows: no shift, no pass for it, no all-reduce
+            shift = 0.0
+            exps = logits.exp()  # (B, C_r), unnormalised
         sum_exp = exps.sum(dim=1)  # (B,)
         if reduce:
             dist.all_reduce(sum_exp)
@@ -87,10 +88,11 @@ def sharded_cross_entropy(logits: Tensor, target_positions: Tensor, target_weigh
             statistics over ranks). False for a single process or a table replicated on every rank.
         logit_bound (float, optional): ``b`` with every logit at most ``b`` and, in each row, one at least ``-b``
             (``EMPTY_COLUMN_LOGIT`` columns may lie below): cosine logits have ``b = 1 / tau``. The exponentials
-            are then shifted by ``b`` instead of each row's maximum (the log-sum-exp is the same), which saves a
-            pass over the logits and, when sharded, the all-reduce of the maxima. Used while ``b <=
-            MAX_LOGIT_BOUND`` (``tau >= 0.025``), where no sum can underflow; the maxima otherwise. Defaults to
-            None (the maxima).
+            are then taken of the logits themselves instead of their difference to each row's maximum (the
+            log-sum-exp is the same), which saves the maxima's pass, the subtraction's pass and, when sharded,
+            the all-reduce of the maxima. Used while ``b <= MAX_LOGIT_BOUND`` (``tau >= 0.025``), where no
+            exponential or sum can overflow or underflow in float32; the maxima otherwise. Defaults to None (the
+            maxima).
 
     Returns:
         Tensor: The scalar mean loss, identical on every rank.

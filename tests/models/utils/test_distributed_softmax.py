@@ -22,7 +22,7 @@ def loss_and_gradient(logits: torch.Tensor, columns, weights, logit_bound):
     return loss.detach(), logits.grad
 
 
-def test_a_shift_by_the_logits_bound_gives_the_loss_and_gradient_of_the_row_maxima():
+def test_the_unshifted_logits_within_their_bound_give_the_loss_and_gradient_of_the_row_maxima():
     generator = torch.Generator().manual_seed(0)
     temperature = 0.2
     logits = (torch.rand(6, 40, generator=generator, dtype=torch.float64) * 2 - 1) / temperature  # cos / tau
@@ -35,11 +35,12 @@ def test_a_shift_by_the_logits_bound_gives_the_loss_and_gradient_of_the_row_maxi
     torch.testing.assert_close(bounded[1], by_maxima[1], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize('sign', [-1, 1])
 @pytest.mark.parametrize('bound', [MAX_LOGIT_BOUND, 1 / 0.01])
-def test_float32_logits_at_the_far_end_of_their_bound_give_a_finite_loss(bound):
-    # every logit at -b: shifted by b, each exponential is exp(-2 b); above MAX_LOGIT_BOUND that is 0 in float32,
-    # and the loss is finite only because the row maxima are used there
-    logits = torch.full((4, 50), -bound)
+def test_float32_logits_at_either_end_of_their_bound_give_the_loss(bound, sign):
+    # every logit at -b or +b: unshifted, each exponential is exp(-b) or exp(b); above MAX_LOGIT_BOUND the first is
+    # subnormal in float32 and the second overflows, and the loss is right only because the row maxima are used there
+    logits = torch.full((4, 50), sign * bound)
     columns = torch.arange(4)[:, None]
     loss, grad = loss_and_gradient(logits, columns, torch.ones(4, 1), bound)
     assert math.isclose(float(loss), math.log(50), rel_tol=1e-6)  # the uniform soft-max
