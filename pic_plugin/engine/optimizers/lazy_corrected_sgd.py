@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import List, Optional, Union
 
 import torch
-from mmengine.dist import all_reduce, get_world_size
+from mmengine.dist import all_reduce
 from mmengine.optim import AmpOptimWrapper, DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.runner.amp import autocast
 from mmpretrain.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS
@@ -217,9 +217,10 @@ class AmpLazyCorrectedSGD(_TrainsInstanceRows, AmpOptimWrapper):
         finally:
             group['params'] = []
         found_inf = self.loss_scaler._found_inf_per_device(self.optimizer)  # filled by unscale_ until update
-        if get_world_size() > 1:  # the rows' gradients differ between ranks (DDP reduces only the network's):
-            for value in found_inf.values():  # every rank skips when one does, and scales the loss alike
-                all_reduce(value, op='max')
+        # the rows' gradients differ between ranks (DDP reduces only the network's): every rank skips when one does,
+        # and scales the loss alike (mmengine's all_reduce is the identity without a process group)
+        for value in found_inf.values():
+            all_reduce(value, op='max')
         skipped = bool(sum(float(value) for value in found_inf.values()))
         if self.clip_grad_kwargs:
             self._clip_grad()

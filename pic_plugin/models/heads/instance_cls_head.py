@@ -1,5 +1,5 @@
 """The parametric instance classifier of PIC and of the full one-million-way classifier."""
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +8,7 @@ from mmpretrain.registry import MODELS
 from torch import Tensor
 
 from ..utils.distributed_softmax import sharded_cross_entropy
-from ..utils.gather import all_gather_rows, all_gather_rows_with_grad, all_sizes, host_group, is_distributed
+from ..utils.gather import all_gather_batch
 from ..utils.lazy_sgd_rows import LazySGDRows
 from ..utils.negatives import AllNegatives, RecentNegatives
 from ..utils.row_storage import to_device
@@ -243,13 +243,13 @@ class InstanceClsHead(BaseModule):
         self.rows.check_range(sample_idx)
         self.rows.place_on(feats.device)
         if self.sharded:  # every rank scores the global batch against its own rows
-            feats, sample_idx = self._gather_global_batch(feats, sample_idx)  # (B, D), (B,)
+            feats, sample_idx = all_gather_batch(feats, sample_idx)  # (B, D), (B,)
         classes, positions = self.negatives(sample_idx, self.rows)  # (C_r,) local rows, (B,) columns: host
         if detached_feats is not None:
             detached_sample_idx = detached_sample_idx.cpu().long()
             self.rows.check_range(detached_sample_idx)
             if self.sharded:  # (B_d, D), (B_d,) of the global batch
-                detached_feats, detached_sample_idx = self._gather_global_batch(detached_feats, detached_sample_idx)
+                detached_feats, detached_sample_idx = all_gather_batch(detached_feats, detached_sample_idx)
             detached_positions = self._columns_of(detached_sample_idx, classes)  # (B_d,)
         take_rows = self.rows.rows_in_slots if self.negatives.slotted else self.rows.rows_for_step
         weight = take_rows(classes, feats.device)  # (C_r, D), brought to this step
@@ -267,16 +267,6 @@ class InstanceClsHead(BaseModule):
             target_weights = torch.cat([target_weights, detached_weights])  # (B + B_d, T)
         return dict(loss=sharded_cross_entropy(logits, target_columns, target_weights, self.sharded,
                                                logit_bound=1 / self.temperature))  # |cos / tau| <= 1 / tau
-
-    @staticmethod
-    def _gather_global_batch(feats: Tensor, sample_idx: Tensor) -> Tuple[Tensor, Tensor]:
-        """Every rank's features (differentiable, through the backend) and host labels (through the host group):
-        ``(B_r, D), (B_r,) -> (B, D), (B,)``. The ranks' batch sizes come from the labels, on the host."""
-        if not is_distributed():
-            return feats, sample_idx
-        group = host_group()
-        sizes = all_sizes(sample_idx, group)
-        return all_gather_rows_with_grad(feats, sizes), all_gather_rows(sample_idx, group, sizes)
 
     @staticmethod
     def _column_offsets(classes: Tensor, device: torch.device) -> Optional[Tensor]:

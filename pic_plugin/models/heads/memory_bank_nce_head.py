@@ -10,7 +10,7 @@ from mmpretrain.registry import MODELS
 from torch import Tensor
 
 from ..utils.distributed_softmax import at_least_float32
-from ..utils.gather import all_gather_rows, all_sizes, host_group, is_distributed
+from ..utils.gather import all_gather_batch
 from ..utils.host_state import HostStateMixin
 from ..utils.row_storage import RowStorage, first_occurrences, to_device
 
@@ -229,11 +229,7 @@ class MemoryBankNCE(HostStateMixin, BaseModule):
     @torch.no_grad()
     def _update_bank(self, features: Tensor, local_indices: Tensor) -> None:
         """``v_i <- normalise(m_bank v_i + (1 - m_bank) f_i)`` for every image of the batch of all ranks."""
-        if is_distributed():  # the ranks' batch sizes from the host labels, so that no size is read back
-            group = host_group()
-            sizes = all_sizes(local_indices, group)
-            features = all_gather_rows(features, sizes=sizes)  # (G, D)
-            local_indices = all_gather_rows(local_indices, group, sizes)  # (G,) on the host
+        features, local_indices = all_gather_batch(features, local_indices)  # (G, D), (G,) on the host
         unique_indices, first = first_occurrences(local_indices)  # (U,), (U,)
         old_rows = self.bank.gather(unique_indices, features.device)  # (U, D)
         new_rows = (self.bank_momentum * old_rows

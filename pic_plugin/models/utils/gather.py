@@ -3,16 +3,17 @@
 * :func:`all_gather_rows`: every rank gets the concatenation of every rank's rows (indices, features);
 * :func:`all_gather_rows_with_grad`: the same, differentiable: each rank gets back the gradient of its own rows
   summed over all ranks (the full classifier's feature gather, its Sec. 3);
+* :func:`all_gather_batch`: a step's features and host labels of the global batch, the sizes exchanged once;
 * :func:`gather_rows_to_rank0`: rank 0 alone assembles a large table in host memory, a chunk at a time (the
   checkpoint of a sharded table).
 
-All three are the identity (or a copy) without a process group, and each sends its tensors through the
+All are the identity (or a copy) without a process group, and each sends its tensors through the
 backend's device of its group (``mmengine.dist.get_comm_device``: the GPU under NCCL, the CPU under gloo),
 whatever device the rows live on. The heads choose each step's rows on the host (instance indices, their range
 check, the recent-negative queue): those travel through :func:`host_group`, so that reading them back never
 waits for the GPU.
 """
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -103,6 +104,20 @@ def all_gather_rows_with_grad(local: Tensor, sizes: Optional[List[int]] = None) 
     known on the host (the heads know it from the instance indices), saves reading it back from the device.
     """
     return _AllGatherRowsWithGrad.apply(local, sizes) if is_distributed() else local
+
+
+def all_gather_batch(feats: Tensor, host_labels: Tensor) -> Tuple[Tensor, Tensor]:
+    """Every rank's features (differentiable, through the backend) and host labels (through :func:`host_group`):
+    ``(B_r, D), (B_r,) -> (B, D), (B,)``, the inputs themselves without a process group.
+
+    The ranks' batch sizes are exchanged once, from the host labels, and both gathers take them, so that no size
+    is read back from the device.
+    """
+    if not is_distributed():
+        return feats, host_labels
+    group = host_group()
+    sizes = all_sizes(host_labels, group)
+    return all_gather_rows_with_grad(feats, sizes), all_gather_rows(host_labels, group, sizes)
 
 
 def gather_rows_to_rank0(local: Tensor, sizes: List[int],
