@@ -22,10 +22,12 @@ class ShardedTableHook(Hook):
     rank loads its slice) and exports as one file. The gather is a collective, so it cannot happen inside the save
     (rank 0 only): every rank takes part just before ``CheckpointHook`` (lower priority) saves, and only then:
     after an epoch or iteration that its ``interval``, ``save_begin`` and ``save_last`` make a saving one, and
-    after validation when it keeps the best checkpoint. Each rank's rows stream to rank 0's host memory a chunk
-    at a time (:func:`~pic_plugin.models.utils.gather.gather_rows_to_rank0`); rank 0 puts them into the
-    checkpoint's ``state_dict`` in ``before_save_checkpoint`` and forgets them. Tables that are not sharded are
-    left alone. Rank 0 shows the gather's progress and logs its duration.
+    after a validation whose metrics beat the best score so far (``save_best``: mmengine then saves the best
+    checkpoint, and the latest one again). Each rank's rows stream to rank 0's host memory a chunk at a time
+    (:func:`~pic_plugin.models.utils.gather.gather_rows_to_rank0`); rank 0 puts them into the ``state_dict`` of
+    every checkpoint saved in the same phase (``before_save_checkpoint``) and forgets them when the next training
+    iteration or validation starts. Tables that are not sharded are left alone. Rank 0 shows the gather's
+    progress and logs its duration.
     """
 
     priority = 'ABOVE_NORMAL'
@@ -54,9 +56,18 @@ class ShardedTableHook(Hook):
                 hook.save_last and self.is_last_train_epoch(runner)):
             self._gather(runner)
 
+    def before_val_epoch(self, runner) -> None:
+        self._forget()
+
     def after_val_epoch(self, runner, metrics=None) -> None:
-        if self.checkpoint_hook is not None and self.checkpoint_hook.save_best is not None:
+        if self.checkpoint_hook is not None and saves_best(self.checkpoint_hook, runner, metrics or {}):
             self._gather(runner)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._forget()
+
+    def after_train(self, runner) -> None:
+        self._forget()
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Rank 0: replace the sharded tables' local rows in the checkpoint by the whole tables."""
@@ -66,6 +77,9 @@ class ShardedTableHook(Hook):
             runner.logger.warning('ShardedTableHook: a checkpoint is saved without a gather of the sharded rows '
                                   'before it (not on CheckpointHook\'s schedule): it holds none of their rows, and a '
                                   'run resumed from it starts them afresh.')
+
+    def _forget(self) -> None:
+        """Drop rank 0's copy of the whole tables: the saves it was gathered for are done."""
         self.gathered, self.gathered_at = {}, None
 
     @staticmethod
@@ -88,3 +102,25 @@ class ShardedTableHook(Hook):
                 gathered[key] = whole
         progress.finish()
         self.gathered, self.gathered_at = gathered, runner.iter
+
+
+def saves_best(hook: CheckpointHook, runner, metrics: Dict[str, float]) -> bool:
+    """Whether ``hook`` saves a best checkpoint after a validation with these ``metrics``.
+
+    mmengine's ``CheckpointHook`` saves one when a key indicator of ``save_best`` beats the best score kept in the
+    message hub (``best_score``, or ``best_score_<key>`` for several keys), which starts at its rule's initial
+    value (-inf for ``'greater'``, inf for ``'less'``). ``save_best='auto'`` is resolved to the first metric at
+    the first validation, which always saves: nothing is best yet.
+    """
+    if not hook.save_best or not metrics:  # CheckpointHook skips a validation without metrics
+        return False
+    if 'auto' in hook.key_indicators:
+        return True
+    best_scores = runner.message_hub.runtime_info
+    for key, rule in zip(hook.key_indicators, hook.rules):
+        best_key = 'best_score' if len(hook.key_indicators) == 1 else f'best_score_{key}'
+        best = best_scores[best_key] if best_key in best_scores else hook.init_value_map[rule]
+        score = metrics.get(key)
+        if score is not None and hook.is_better_than[key](score, best):
+            return True
+    return False
