@@ -106,16 +106,6 @@ def test_head_step_sweeps_repeat_the_sweep(monkeypatch, capsys):
     assert 'whole sweep repeated 2 times' in out
 
 
-def test_head_step_times_the_fused_head_in_the_same_rounds(monkeypatch, capsys):
-    out = run_main('bench_head_step', [*TINY_HEAD, '--fused', '--schedule', 'sweeps', '--sweeps', '1'], monkeypatch,
-                   capsys)
-    check_head_step_output(out, 'sweeps', timed_steps=2)
-    assert [row[0] for row in table_rows(out, 'head step, fused')] == ['head step, fused']
-    assert re.search(r'head step, fused / matrix products = \d+\.\d\d: goal <= 1\.5 (met|NOT met)', out)
-    assert re.search(r'head step, fused, phases \(instrumented, mean of 1 steps\): logits \+ loss \+ backward', out)
-    assert re.search(r'fused: the step spends -?\d+\.\d ms beyond its products', out)
-
-
 def test_head_step_refuses_a_queue_larger_than_the_table(monkeypatch, capsys):
     with pytest.raises(ValueError, match=r'--rows 1000 is smaller than K \+ B = 1024 \+ 256'):
         run_main('bench_head_step', ['--rows', '1000', '--num-negatives', '1024'], monkeypatch, capsys)
@@ -127,10 +117,9 @@ def test_throughput_prints_images_per_second_and_both_ratios(monkeypatch, capsys
                  '--threads', '1']
     out = run_main('bench_throughput', arguments, monkeypatch, capsys)
     assert 'bench_throughput.py --backbone tiny' in out and 'machine:' in out
-    pics = ('PIC', 'PIC, fused head', 'PIC, config head', 'PIC, K + B-row table')
+    pics = ('PIC', 'PIC, config head', 'PIC, K + B-row table')
     views = {name: table_rows(out, name)[0][1] for name in pics + ('SimCLR', 'MoCoV2')}
-    assert views == {'PIC': '1', 'PIC, fused head': '1', 'PIC, config head': '1', 'PIC, K + B-row table': '1',
-                     'SimCLR': '2', 'MoCoV2': '2'}
+    assert views == {'PIC': '1', 'PIC, config head': '1', 'PIC, K + B-row table': '1', 'SimCLR': '2', 'MoCoV2': '2'}
     assert all(table_rows(out, name)[0][4] == '2' for name in views)
     for pic in pics:
         name = re.escape(pic)
@@ -140,7 +129,6 @@ def test_throughput_prints_images_per_second_and_both_ratios(monkeypatch, capsys
     # the floor: the config-head step plus the paper head's products, timed in the same rounds (B x (K + B) x D)
     assert re.search(r"\nthe paper head's floor: PIC = config head \d\.\d{3} s \+ paper head -?\d\.\d{3} s per step; "
                      r"the head's three matrix products alone \(8 x 72 x 128\) take \d\.\d{3} s", out)
-    assert re.search(r'\nthe fused paper head: -?\d\.\d{3} s per step, -?\d+\.\d\dx its products\n', out)
     for other, goal in (('SimCLR', '1.8'), ('MoCoV2', '1.25')):
         assert re.search(rf'\na PIC step of config head \+ matrix products / {other}: \d+\.\d\dx images/s \(goal >= '
                          rf'{re.escape(goal)}x: (reachable|out of reach on this machine)\)', out)

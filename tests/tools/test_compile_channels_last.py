@@ -5,8 +5,7 @@ Tolerances: compiled kernels (inductor) and channels-last convolutions sum in ot
 contiguous ones, so float32 results differ by rounding, and training amplifies the differences step by step.
 Over the 4 steps run here the losses agree within 1e-3 relative (measured: the compiled run equals the eager
 one to the printed 4 decimals). The heads run eagerly under compile (``torch.compiler.disable``): their row
-gathers, ``unique`` and FIFO have data-dependent shapes, so nothing may recompile from step to step; the fused
-head's own kernels are compiled for dynamic shapes.
+gathers, ``unique`` and FIFO have data-dependent shapes, so nothing may recompile from step to step.
 """
 import os
 from pathlib import Path
@@ -87,13 +86,4 @@ def test_torch_compile_trains_with_the_eager_losses_and_compiles_once(eager, dig
     compiled = train(tmp_path, digits_workspace, compile=True)
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
     # graphs are compiled in the first step; the recent negatives' varying shapes never cause a recompile
-    assert compiled.compiled_frames[0] > 0 and compiled.compiled_frames[-1] == compiled.compiled_frames[0]
-
-
-def test_torch_compile_with_the_fused_head_trains_with_the_eager_losses_and_compiles_once(
-        eager, digits_workspace, tmp_path):
-    """The head's own compiled kernels (``fused=True``) inside the eager head inside the compiled model."""
-    torch._dynamo.utils.counters.clear()
-    compiled = train(tmp_path, digits_workspace, compile=True, model=dict(head=dict(fused=True)))
-    assert compiled.losses == pytest.approx(eager.losses, rel=1e-3)
     assert compiled.compiled_frames[0] > 0 and compiled.compiled_frames[-1] == compiled.compiled_frames[0]

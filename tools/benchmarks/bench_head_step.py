@@ -83,17 +83,15 @@ class HeadStep:
         num_rows (int): Instances ``N`` (rows of the table).
         negatives (str): ``'recent'`` or ``'full'``.
         args (argparse.Namespace): The command line (dim, batch size, K, placement, device, seed).
-        fused (bool): The head's ``fused`` soft-max. Defaults to False.
     """
 
-    def __init__(self, num_rows: int, negatives: str, args: argparse.Namespace, fused: bool = False) -> None:
+    def __init__(self, num_rows: int, negatives: str, args: argparse.Namespace) -> None:
         self.device = torch.device(args.device)
         self.base_lr = 0.03
         self.features = nn.Linear(args.dim, args.dim).to(self.device)
         # .to() moves the head's buffers; the FIFO stays on the host and the rows place themselves (RowStorage.place_on)
         self.head = InstanceClsHead(num_classes=num_rows, in_channels=args.dim, negatives=negatives,
-                                    num_negatives=args.num_negatives, placement=args.placement,
-                                    fused=fused).to(self.device)
+                                    num_negatives=args.num_negatives, placement=args.placement).to(self.device)
         self.optim = LazyCorrectedSGD(torch.optim.SGD(self.features.parameters(), lr=self.base_lr,
                                                       momentum=0.9, weight_decay=1e-4))
         self.optim.register_rows(self.head)
@@ -313,10 +311,10 @@ class ModeResult:
         self.build_seconds: Dict[int, float] = {}
 
 
-def build_and_warm_up(num_rows: int, negatives: str, warmup_steps: int, args: argparse.Namespace,
-                      fused: bool = False) -> HeadStep:
+def build_and_warm_up(num_rows: int, negatives: str, warmup_steps: int,
+                      args: argparse.Namespace) -> HeadStep:
     """A new head of ``num_rows`` rows after ``warmup_steps`` untimed steps."""
-    bench = HeadStep(num_rows, negatives, args, fused)
+    bench = HeadStep(num_rows, negatives, args)
     for _ in range(warmup_steps):
         bench.draw_indices()
         bench()
@@ -387,31 +385,29 @@ def step_matrix_products(bench: HeadStep) -> Callable[[], None]:
     return matrix_products(*step_shape(bench), bench.device)
 
 
-def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace, fused: Optional[HeadStep] = None) -> None:
+def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace) -> None:
     """Time the head step beside its matrix products and a memory stream (interleaved) and print how far it and
-    its phases are from them; with ``fused``, the same head with the fused soft-max in the same rounds."""
+    its phases are from them."""
     copy, copy_bytes = stream_copy(bench)
-    heads = {'head step': bench} if fused is None else {'head step': bench, 'head step, fused': fused}
-    times = interleaved_rounds(dict(heads, **{'matrix products': step_matrix_products(bench),
-                                              'copy of (C, D) rows': copy}), args.rounds, args.steps_per_round,
-                               bench.device, prepare={name: head.draw_indices for name, head in heads.items()})
+    times = interleaved_rounds({'head step': bench, 'matrix products': step_matrix_products(bench),
+                                'copy of (C, D) rows': copy}, args.rounds, args.steps_per_round, bench.device,
+                               prepare={'head step': bench.draw_indices})
     seconds = {name: median(values) for name, values in times.items()}
     products = seconds['matrix products']
+    ratio = seconds['head step'] / products
+    verdict = 'met' if ratio <= MATMUL_GOAL else 'NOT met'
     print(f'\nN={count_label(num_rows)}: head step against its matrix products and a memory stream (interleaved, '
           f'{args.rounds} rounds x {args.steps_per_round} steps; median ms)')
     print_table(['operation', 'median ms', 'IQR'],
                 [[name, f'{1000 * seconds[name]:.1f}', spread(times[name])] for name in times])
-    for name, head in heads.items():
-        ratio = seconds[name] / products
-        print(f'{name} / matrix products = {ratio:.2f}: goal <= {MATMUL_GOAL} '
-              + ('met' if ratio <= MATMUL_GOAL else 'NOT met'))
-        profile = instrument(head, args.profile_steps).phase_milliseconds
-        compute = profile['logits + loss'] + profile['backward']
-        print(f'{name}, phases (instrumented, mean of {args.profile_steps} steps): logits + loss + backward '
-              f'{compute:.2f} ms = {compute / (1000 * products):.2f}x the products; the rest '
-              f'{sum(profile.values()) - compute:.2f} ms (' + ', '.join(
-                  f'{phase} {ms:.2f}' for phase, ms in profile.items() if phase not in ('logits + loss', 'backward'))
-              + ')')
+    print(f'head step / matrix products = {ratio:.2f}: goal <= {MATMUL_GOAL} {verdict}')
+    profile = instrument(bench, args.profile_steps).phase_milliseconds
+    compute = profile['logits + loss'] + profile['backward']
+    print(f'phases (instrumented, mean of {args.profile_steps} steps): logits + loss + backward {compute:.2f} ms = '
+          f'{compute / (1000 * products):.2f}x the products; the rest '
+          f'{sum(profile.values()) - compute:.2f} ms (' + ', '.join(
+              f'{phase} {ms:.2f}' for phase, ms in profile.items() if phase not in ('logits + loss', 'backward'))
+          + ')')
     moved, rate = step_operation_bytes(bench), copy_bytes / seconds['copy of (C, D) rows']
     stream, beyond = moved / rate, seconds['head step'] - products
     bound = (products + stream) / products
@@ -420,9 +416,6 @@ def print_bounds(num_rows: int, bench: HeadStep, args: argparse.Namespace, fused
           f'the copy\'s {rate / 1e9:.1f} GB/s that is {1000 * stream:.1f} ms, so products + stream = '
           f'{bound:.2f}x the products: the goal is {reach} reach of these operations; '
           f'the step spends {1000 * beyond:.1f} ms beyond its products = {beyond / stream:.2f}x that stream time')
-    if fused is not None:
-        print(f'fused: the step spends {1000 * (seconds["head step, fused"] - products):.1f} ms beyond its products '
-              f'(its compiled kernels are not counted by operation)')
 
 
 def count_label(count: int) -> str:
@@ -480,9 +473,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--sweeps', type=int, default=3, help='repetitions of the sweep over N (sweeps)')
     parser.add_argument('--placement', choices=['host', 'device'], default='host',
                         help='where the table lives (host memory, or the compute device)')
-    parser.add_argument('--fused', action='store_true',
-                        help='also time the largest N with the fused soft-max (InstanceClsHead(fused=True)) in the '
-                        'rounds against the products')
     args = parser.parse_args()
     if min(args.rows) < args.num_negatives + args.batch_size:
         raise ValueError(f'--rows {min(args.rows)} is smaller than K + B = {args.num_negatives} + '
@@ -510,8 +500,7 @@ def main() -> None:
 
     def bounds_of_the_largest(num_rows: int, bench: HeadStep) -> None:
         if num_rows == max(args.rows):
-            fused = build_and_warm_up(num_rows, 'recent', warmup, args, fused=True) if args.fused else None
-            print_bounds(num_rows, bench, args, fused)
+            print_bounds(num_rows, bench, args)
 
     sampled = measure_mode(args.rows, 'recent', warmup, args.steps_per_round, args.profile_steps, schedule, args,
                            on_bench=bounds_of_the_largest)

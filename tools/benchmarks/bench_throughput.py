@@ -14,7 +14,6 @@ weight decay 1e-4; SimCLR's LARS would only change the optimiser's few element-w
   (its rows then all carry ``last_step = 0``; filling it by training would take ``K / B`` steps).
 * PIC, config head: the same with the config's own head (the tiny config: a full softmax over 1500 classes),
   whose cost is negligible: the difference to PIC is what the paper-size head costs per step.
-* PIC, fused head: PIC with ``fused=True``: the same head, its soft-max passes compiled into two kernels.
 * PIC, K + B-row table (with recent negatives only): a full softmax over a table of just ``K + B`` rows, so every
   step scores as many classes as PIC's, with the same arithmetic, but its rows are copied in order and nothing
   is picked or corrected: the difference to PIC is what finding, gathering, correcting and writing back
@@ -66,7 +65,7 @@ BACKBONES = {
     'resnet18': (dict(type='ResNet', depth=18), 512, 2048),
     'resnet50': (dict(type='ResNet', depth=50), 2048, 2048),
 }
-PIC_NAMES = ('PIC', 'PIC, fused head', 'PIC, config head', 'PIC, K + B-row table')
+PIC_NAMES = ('PIC', 'PIC, config head', 'PIC, K + B-row table')
 HEAD_PRODUCTS = "the paper head's matrix products"
 # (name, bound, goal) of images/s PIC / other
 RATIO_GOALS = (('SimCLR', 2.0, 1.8), ('MoCoV2', 1.33, 1.25))
@@ -81,8 +80,8 @@ class ModelSpec(NamedTuple):
 
 
 def model_specs(args: argparse.Namespace) -> Dict[str, ModelSpec]:
-    """PIC with the head of the flags, the same fused, PIC with the config's own head, PIC with a ``K + B``-row
-    table (recent negatives only), SimCLR and MoCo v2."""
+    """PIC with the head of the flags, PIC with the config's own head, PIC with a ``K + B``-row table (recent
+    negatives only), SimCLR and MoCo v2."""
     backbone, channels, hidden = BACKBONES[args.backbone]
     config_pic = Config.fromfile(str(args.config)).model.to_dict()
     config_pic['backbone'] = backbone
@@ -101,7 +100,6 @@ def model_specs(args: argparse.Namespace) -> Dict[str, ModelSpec]:
                             out_channels=out_channels, with_avg_pool=True),
                   head=dict(type='ContrastiveHead', loss=dict(type='CrossEntropyLoss'), temperature=0.2))
     specs = {'PIC': ModelSpec(pic, 1, args.num_instances),
-             'PIC, fused head': ModelSpec(dict(pic, head=dict(pic['head'], fused=True)), 1, args.num_instances),
              'PIC, config head': ModelSpec(config_pic, 1, config_pic['head']['num_classes'])}
     if args.negatives == 'recent':
         classes = args.num_negatives + args.batch_size  # the classes of a PIC step, all rows of this table
@@ -208,8 +206,6 @@ def print_results(times: Dict[str, List[float]], products: List[float], steps: D
     print(f'\nthe paper head\'s floor: PIC = config head {no_head:.3f} s + paper head {head:.3f} s per step; the '
           f'head\'s three matrix products alone ({args.batch_size} x {head_classes(args)} x '
           f'{steps["PIC"].model.head.rows.dim}) take {floor:.3f} s: the head takes {head / floor:.2f}x its products')
-    fused = median(times['PIC, fused head']) - no_head
-    print(f'the fused paper head: {fused:.3f} s per step, {fused / floor:.2f}x its products')
     for other, _, goal in RATIO_GOALS:
         ratio = median(times[other]) / (no_head + floor)
         verdict = 'reachable' if ratio >= goal else 'out of reach on this machine'

@@ -2,12 +2,12 @@
 from typing import Dict, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 from torch import Tensor
 
-from ..utils.distributed_softmax import MAX_LOGIT_BOUND, sharded_cross_entropy
-from ..utils.fused_cosine_softmax import apply_cosine, fused_cosine_cross_entropy
+from ..utils.distributed_softmax import sharded_cross_entropy
 from ..utils.gather import all_gather_batch
 from ..utils.lazy_sgd_rows import LazySGDRows
 from ..utils.negatives import AllNegatives, RecentNegatives
@@ -59,7 +59,12 @@ def cosine_logits(feats: Tensor, weight: Tensor, temperature: float, offsets: Op
     ``offsets`` ``(C,)``, optional, are added to every row of logits in the same pass: ``EMPTY_COLUMN_LOGIT``
     takes a column out of the soft-max, 0 leaves it.
     """
-    return apply_cosine(_CosineLogits, feats, weight, temperature, offsets)
+    unit_feats = F.normalize(feats, dim=1)
+    if torch.is_autocast_enabled(feats.device.type):
+        dtype = torch.get_autocast_dtype(feats.device.type)
+        with torch.autocast(feats.device.type, enabled=False):
+            return _CosineLogits.apply(unit_feats.to(dtype), weight.to(dtype), temperature, offsets)
+    return _CosineLogits.apply(unit_feats, weight, temperature, offsets)
 
 
 @MODELS.register_module()
@@ -121,9 +126,6 @@ class InstanceClsHead(BaseModule):
             (small rows learn fast under a cosine loss; see ``RowStorage``). Defaults to 0.01.
         placement (str): ``'device'`` or ``'host'``: where the table lives (see ``RowStorage``).
             Defaults to 'device'.
-        fused (bool): Compute the loss with ``fused_cosine_cross_entropy``: its ``(B, C)`` passes compiled by
-            ``torch.compile`` into one kernel forward and one backward (a C++ compiler on the CPU, Triton on a
-            GPU; the first step compiles them). Needs ``temperature >= 1 / MAX_LOGIT_BOUND``. Defaults to False.
         init_cfg (dict, optional): Initialisation config of the module. Defaults to None.
     """
 
@@ -138,7 +140,6 @@ class InstanceClsHead(BaseModule):
                  num_hard_classes: int = 100,
                  init_std: float = 0.01,
                  placement: str = 'device',
-                 fused: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         if negatives not in NEGATIVE_MODES:
@@ -149,12 +150,7 @@ class InstanceClsHead(BaseModule):
             raise ValueError(f"negatives='recent' works with a replicated table and one-hot targets; got "
                              f'sharded={sharded}, label_smoothing={label_smoothing}: use negatives=\'full\' for '
                              'the sharded, smoothed full classifier.')
-        if fused and 1 / temperature > MAX_LOGIT_BOUND:
-            raise ValueError(f'fused=True takes the exponentials of the cosine logits unshifted, which needs '
-                             f'temperature >= {1 / MAX_LOGIT_BOUND}; got temperature={temperature}: raise '
-                             'model.head.temperature or set model.head.fused=False.')
         self.temperature = temperature
-        self.fused = fused
         self.label_smoothing = label_smoothing
         self.negatives = RecentNegatives(num_negatives) if negatives == 'recent' else AllNegatives()
         self.targets = HardClassTargets(label_smoothing, num_hard_classes) if label_smoothing else OneHotTargets()
@@ -258,23 +254,17 @@ class InstanceClsHead(BaseModule):
         take_rows = self.rows.rows_in_slots if self.negatives.slotted else self.rows.rows_for_step
         weight = take_rows(classes, feats.device)  # (C_r, D), brought to this step
         offsets = self._column_offsets(classes, feats.device)  # (C_r,) or None: out of the soft-max where empty
+        logits = cosine_logits(feats, weight, self.temperature, offsets)  # (B, C_r)
         target_columns, target_weights = self.targets(to_device(positions, feats.device), weight.shape[0],
                                                       self.rows)  # (B, T) each
-        num_trained = feats.shape[0]  # only the batch's own features train the rows
-        if detached_feats is not None:  # other views against the same rows: no second update, no second FIFO entry
+        if detached_feats is not None:  # the same rows, without gradient: no second update, no second FIFO entry
+            detached_logits = cosine_logits(detached_feats, weight.detach(), self.temperature,
+                                            offsets)  # (B_d, C_r)
             detached_columns, detached_weights = self.targets(to_device(detached_positions, feats.device),
                                                               weight.shape[0], self.rows)
+            logits = torch.cat([logits, detached_logits])  # (B + B_d, C_r)
             target_columns = torch.cat([target_columns, detached_columns])  # (B + B_d, T)
             target_weights = torch.cat([target_weights, detached_weights])  # (B + B_d, T)
-        if self.fused:
-            if detached_feats is not None:
-                feats = torch.cat([feats, detached_feats])  # (B + B_d, D)
-            return dict(loss=fused_cosine_cross_entropy(feats, weight, self.temperature, offsets, target_columns,
-                                                        target_weights, self.sharded, num_trained))
-        logits = cosine_logits(feats, weight, self.temperature, offsets)  # (B, C_r)
-        if detached_feats is not None:
-            detached_logits = cosine_logits(detached_feats, weight.detach(), self.temperature, offsets)  # (B_d, C_r)
-            logits = torch.cat([logits, detached_logits])  # (B + B_d, C_r)
         return dict(loss=sharded_cross_entropy(logits, target_columns, target_weights, self.sharded,
                                                logit_bound=1 / self.temperature))  # |cos / tau| <= 1 / tau
 

@@ -30,11 +30,10 @@ def float64_rows(head: InstanceClsHead) -> InstanceClsHead:
     return head
 
 
-@pytest.mark.parametrize('fused', [False, True])
-def test_full_softmax_loss_and_gradients_match_eq1(fused):
+def test_full_softmax_loss_and_gradients_match_eq1():
     torch.manual_seed(0)
     num_classes, dim, temperature = 50, 8, 0.2
-    head = InstanceClsHead(num_classes=num_classes, in_channels=dim, temperature=temperature, fused=fused)
+    head = InstanceClsHead(num_classes=num_classes, in_channels=dim, temperature=temperature)
     feats = torch.randn(6, dim, requires_grad=True)
     sample_idx = torch.tensor([3, 49, 0, 7, 7, 21])
     loss = head.loss(feats, sample_idx)['loss']
@@ -64,8 +63,7 @@ def test_full_softmax_loss_and_gradients_match_eq1(fused):
     assert row_bound.max() < 1e-3 * reference_rows.grad.abs().max()  # the bound still catches a wrong formula
 
 
-@pytest.mark.parametrize('fused', [False, True])
-def test_full_mode_trained_by_lazy_sgd_equals_a_dense_parameter_trained_by_torch_sgd(fused):
+def test_full_mode_trained_by_lazy_sgd_equals_a_dense_parameter_trained_by_torch_sgd():
     """In the full mode every row is used every step, so the rows must follow plain SGD exactly.
 
     Both sides run in float64 (the head's rows too), so that the comparison checks the update rule and not
@@ -74,7 +72,7 @@ def test_full_mode_trained_by_lazy_sgd_equals_a_dense_parameter_trained_by_torch
     """
     torch.manual_seed(0)
     num_classes, dim = 40, 8
-    head = float64_rows(InstanceClsHead(num_classes=num_classes, in_channels=dim, fused=fused))
+    head = float64_rows(InstanceClsHead(num_classes=num_classes, in_channels=dim))
     dense_rows = torch.nn.Parameter(head.rows.weight.clone())
     feat_layer = torch.nn.Linear(dim, dim).double()
     dense_layer = torch.nn.Linear(dim, dim).double()
@@ -91,14 +89,13 @@ def test_full_mode_trained_by_lazy_sgd_equals_a_dense_parameter_trained_by_torch
     torch.testing.assert_close(feat_layer.weight, dense_layer.weight, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize('fused', [False, True])
 @pytest.mark.parametrize('negatives', ['full', 'recent'])
-def test_one_step_without_an_optimiser_equals_one_dense_torch_sgd_step(negatives, fused):
+def test_one_step_without_an_optimiser_equals_one_dense_torch_sgd_step(negatives):
     """``loss -> backward -> head.rows.step(lr, m, wd)`` needs no optimiser, and is one step of torch.optim.SGD on
     the whole table (zero gradients for the rows the step did not use), in float64 as above."""
     torch.manual_seed(0)
     num_classes, dim, lr, momentum, weight_decay = 30, 8, 0.5, 0.9, 0.01
-    head = float64_rows(InstanceClsHead(num_classes, dim, negatives=negatives, num_negatives=6, fused=fused))
+    head = float64_rows(InstanceClsHead(num_classes, dim, negatives=negatives, num_negatives=6))
     dense_rows = torch.nn.Parameter(head.rows.weight.clone())
     dense_optim = torch.optim.SGD([dense_rows], lr=lr, momentum=momentum, weight_decay=weight_decay)
     feats = torch.randn(5, dim, dtype=torch.float64, requires_grad=True)
@@ -276,13 +273,12 @@ def multi_crop_problem(num_classes=30, dim=8, num_small=3):
     return sample_idx, feats, small, sample_idx.repeat(num_small)
 
 
-@pytest.mark.parametrize('fused', [False, True])
 @pytest.mark.parametrize('negatives', ['full', 'recent'])
-def test_detached_views_are_scored_against_the_step_rows_and_give_them_no_gradient(negatives, fused):
+def test_detached_views_are_scored_against_the_step_rows_and_give_them_no_gradient(negatives):
     """The PIC release's multi-crop loss: one cross-entropy over the large and the small crops' logits, the small
     ones against the step's rows detached; in float64, so that the comparison checks the formula."""
     torch.manual_seed(0)
-    head = float64_rows(InstanceClsHead(30, 8, negatives=negatives, num_negatives=6, fused=fused))
+    head = float64_rows(InstanceClsHead(30, 8, negatives=negatives, num_negatives=6))
     sample_idx, feats, small, small_idx = multi_crop_problem()
     feats.requires_grad_(True), small.requires_grad_(True)
     loss = head.loss(feats, sample_idx, detached_feats=small, detached_sample_idx=small_idx)['loss']
