@@ -35,7 +35,6 @@ class ShardedTableHook(Hook):
     def __init__(self) -> None:
         self.checkpoint_hook: Optional[CheckpointHook] = None
         self.gathered: Dict[str, Tensor] = {}
-        self.gathered_at: Optional[int] = None
 
     def before_train(self, runner) -> None:
         self.checkpoint_hook = next((hook for hook in runner.hooks if isinstance(hook, CheckpointHook)), None)
@@ -71,7 +70,7 @@ class ShardedTableHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         """Rank 0: replace the sharded tables' local rows in the checkpoint by the whole tables."""
-        if self.gathered and self.gathered_at == runner.iter:
+        if self.gathered:
             checkpoint['state_dict'].update(self.gathered)
         elif self._sharded_tables(runner):
             runner.logger.warning('ShardedTableHook: a checkpoint is saved without a gather of the sharded rows '
@@ -80,7 +79,7 @@ class ShardedTableHook(Hook):
 
     def _forget(self) -> None:
         """Drop rank 0's copy of the whole tables: the saves it was gathered for are done."""
-        self.gathered, self.gathered_at = {}, None
+        self.gathered = {}
 
     @staticmethod
     def _sharded_tables(runner) -> Dict[str, RowStorage]:
@@ -101,7 +100,7 @@ class ShardedTableHook(Hook):
             if get_rank() == 0:
                 gathered[key] = whole
         progress.finish()
-        self.gathered, self.gathered_at = gathered, runner.iter
+        self.gathered = gathered
 
 
 def saves_best(hook: CheckpointHook, runner, metrics: Dict[str, float]) -> bool:
